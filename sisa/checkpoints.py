@@ -1,0 +1,90 @@
+"""Slice checkpoints: written atomically, verified by hash, loaded without executing code.
+
+A checkpoint is two files: `slice-<l>.pt` (model, optimizer, scheduler and RNG states, the run's
+config, the hash of the exact training faces of the stage) and `slice-<l>.json`, a small record
+written *after* the .pt is in place with the .pt's digest and the stage's facts. A checkpoint is
+complete only when both exist and the digest matches, so a crash between the two writes, a
+truncated file or a flipped byte is detected and the slice is retrained, never loaded as if whole.
+`torch.load(..., weights_only=True)` refuses anything but tensors and plain containers.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import RunConfig
+from .errors import SisaError
+from .store import read_json, write_bytes, write_json
+
+FORMAT = 1
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def save_checkpoint(path: Path, payload: dict, record: dict) -> None:
+    """Write the .pt atomically, then its .json record (digest + facts) atomically."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buf)
+    data = buf.getvalue()
+    sidecar(path).unlink(missing_ok=True)   # the old record must not vouch for the new file
+    write_bytes(path, data)
+    write_json(sidecar(path), {**record, "format": FORMAT, "digest": hashlib.blake2b(data, digest_size=32).hexdigest(),
+                               "bytes": len(data)})
+
+
+@dataclass
+class Status:
+    state: str          # "ok" | "missing" | "incomplete" | "damaged" | "stale"
+    record: dict | None
+    why: str = ""
+
+
+def status(path: Path, stage_hash: str | None = None) -> Status:
+    """Whether the checkpoint at `path` is complete, intact and (if given) trained on `stage_hash`."""
+    if not path.exists():
+        return Status("missing", None, "not written yet")
+    if not sidecar(path).exists():
+        return Status("incomplete", None, "its record was never written (interrupted)")
+    try:
+        record = read_json(sidecar(path))
+    except SisaError as e:
+        return Status("damaged", None, str(e))
+    if record.get("format") != FORMAT or "digest" not in record:
+        return Status("damaged", record, "unknown record format")
+    if path.stat().st_size != record["bytes"] or file_digest(path) != record["digest"]:
+        return Status("damaged", record, "its bytes do not match the recorded digest (truncated or altered)")
+    if stage_hash is not None and record.get("stage_hash") != stage_hash:
+        return Status("stale", record, "it was trained on other faces than the partition assigns now")
+    return Status("ok", record)
+
+
+def load_checkpoint(path: Path, cfg: RunConfig | None = None, stage_hash: str | None = None,
+                    map_location: str | torch.device = "cpu") -> dict:
+    """The checkpoint's contents after verifying it; SisaError naming the file otherwise."""
+    st = status(path, stage_hash)
+    if st.state != "ok":
+        raise SisaError(f"checkpoint {path} is {st.state}: {st.why}; rerun train.py with the run's command to "
+                        "retrain it")
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise SisaError(f"checkpoint {path} cannot be loaded ({type(e).__name__}: {e}); retrain it with train.py") from e
+    if cfg is not None and ck.get("config") != cfg.to_dict():
+        diff = RunConfig.from_dict(ck["config"]).differences(cfg) if isinstance(ck.get("config"), dict) else ["?"]
+        raise SisaError(f"checkpoint {path} belongs to another configuration ({'; '.join(diff)}); "
+                        "it does not belong in this run folder")
+    return ck

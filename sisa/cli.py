@@ -1,0 +1,133 @@
+"""Shared command-line pieces: flag definitions with their help, and the one-line error exit.
+
+Every flag's help says what it means and its default. Bad values are one line on stderr and a
+non-zero exit: usage mistakes exit 2 (argparse), problems with files or runs exit 1 (SisaError).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from .config import MODELS, PUT_IN, SLICE_EPOCHS, STRATEGIES, RunConfig
+from .errors import SisaError
+from .experiment import Options
+from .layout import DEFAULT_CACHE, DEFAULT_CHECKPOINTS, DEFAULT_DATA, DEFAULT_SUMMARIES
+
+D = RunConfig()   # the defaults, in one place
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line ('train.py: error: ...') instead of a usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _number(kind: type, low: float | None, what: str) -> Callable[[str], float]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} must be >= {low}")
+        return value
+    return parse
+
+
+positive_int = _number(int, 1, "a whole number")
+count = _number(int, 0, "a whole number")
+positive_float = _number(float, 1e-12, "a number")
+
+
+def existing_file(text: str) -> Path:
+    p = Path(text)
+    if not p.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an existing file")
+    return p
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("experiment (saved in the run's config.json)")
+    g.add_argument("--num_shards", type=positive_int, default=D.num_shards,
+                   help=f"S: disjoint shards, one model each; 1 with --num_slices 1 is the monolithic baseline (default {D.num_shards})")
+    g.add_argument("--num_slices", type=positive_int, default=D.num_slices,
+                   help=f"R: cumulative slices per shard, a checkpoint after each (default {D.num_slices})")
+    g.add_argument("--strategy", choices=STRATEGIES, default=D.strategy, metavar="STRATEGY",
+                   help=f"<placement>-<test set>, one of {', '.join(STRATEGIES)} (default {D.strategy})")
+    g.add_argument("--put_in", choices=PUT_IN, default=D.put_in,
+                   help=f"with sorted placement: high-likelihood faces fill as few 'shard's as possible, or the last 'slice's of every shard (default {D.put_in})")
+    g.add_argument("--folds", type=positive_int, default=D.folds,
+                   help=f"K repetitions of the whole experiment, each with its own test set and partition (default {D.folds})")
+    g.add_argument("--test_per_cell", type=count, default=D.test_per_cell,
+                   help=f"balanced test set: faces per race x age-class cell (default {D.test_per_cell})")
+    g.add_argument("--test_random", type=count, default=D.test_random,
+                   help=f"balanced test set: extra faces at random, group 'random' (default {D.test_random})")
+    g.add_argument("--seed", type=count, default=D.seed, help=f"the one seed of every random choice (default {D.seed})")
+    g.add_argument("--limit", type=positive_int, default=None,
+                   help="use a subsample of N faces stratified by race x age class, for quick runs (default: all faces)")
+    g.add_argument("--image_size", type=_number(int, 16, "a whole number"), default=D.image_size,
+                   help=f"side of the square faces in px (default {D.image_size}, the original's)")
+    g.add_argument("--likelihood_factors", default=D.likelihood_factors,
+                   help=f"factors of the GDPR knowledge k, comma-separated from age,gender,race, or none (default {D.likelihood_factors})")
+    g.add_argument("--model", choices=MODELS, default=D.model,
+                   help=f"resnet18: the original's ResNet-18 classifier; cnn: its small 4-conv net for CPU runs (default {D.model})")
+    g.add_argument("--weights", default=D.weights,
+                   help="auto: ImageNet weights if they can be had, else random with a warning; imagenet: fail without "
+                        f"them; none: random; PATH: a local state dict (default {D.weights})")
+    g.add_argument("--epochs", type=positive_int, default=D.epochs, help=f"epochs per slice stage (default {D.epochs})")
+    g.add_argument("--slice_epochs", choices=SLICE_EPOCHS, default=D.slice_epochs,
+                   help=f"full: --epochs in every stage; sisa: about 2E/(R+1) per stage, as the SISA paper (default {D.slice_epochs})")
+    g.add_argument("--batch_size", type=positive_int, default=D.batch_size, help=f"training batch per shard model (default {D.batch_size})")
+    g.add_argument("--lr", type=positive_float, default=D.lr, help=f"Adam learning rate, x0.2 after 40/60/80%% of each stage (default {D.lr})")
+    g.add_argument("--no_augment", action="store_true", help="train on plain normalised faces, without the original's augmentations")
+    g.add_argument("--run_name", default=D.run_name,
+                   help="folder name under --checkpoints_dir (default <strategy>-<put_in>-<S>x<R>)")
+
+
+def add_option_args(p: argparse.ArgumentParser, data: bool = True) -> None:
+    g = p.add_argument_group("where and how (not part of the run's identity)")
+    if data:
+        g.add_argument("--data_dir", type=Path, default=DEFAULT_DATA, help=f"folder of UTKFace images (default {DEFAULT_DATA})")
+        g.add_argument("--cache_dir", type=Path, default=DEFAULT_CACHE, help=f"decoded-image cache (default {DEFAULT_CACHE})")
+        g.add_argument("--strict_data", action="store_true", help="any bad data file is fatal instead of skipped and reported")
+    g.add_argument("--checkpoints_dir", type=Path, default=DEFAULT_CHECKPOINTS, help=f"where run folders live (default {DEFAULT_CHECKPOINTS})")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available (default auto)")
+    g.add_argument("--no_progress", action="store_true", help="no progress bars (for logs)")
+
+
+def add_summaries_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--summaries_dir", type=Path, default=DEFAULT_SUMMARIES, help=f"where summaries go (default {DEFAULT_SUMMARIES})")
+
+
+def config_from_args(a: argparse.Namespace) -> RunConfig:
+    return RunConfig(image_size=a.image_size, limit=a.limit, likelihood_factors=a.likelihood_factors,
+                     strategy=a.strategy, put_in=a.put_in, num_shards=a.num_shards, num_slices=a.num_slices,
+                     folds=a.folds, test_per_cell=a.test_per_cell, test_random=a.test_random, seed=a.seed,
+                     model=a.model, weights=a.weights, epochs=a.epochs, slice_epochs=a.slice_epochs,
+                     batch_size=a.batch_size, lr=a.lr, augment=not a.no_augment, run_name=a.run_name)
+
+
+def options_from_args(a: argparse.Namespace) -> Options:
+    defaults = Options()
+    return Options(data_dir=getattr(a, "data_dir", defaults.data_dir), cache_dir=getattr(a, "cache_dir", defaults.cache_dir),
+                   checkpoints_dir=a.checkpoints_dir, strict_data=getattr(a, "strict_data", False),
+                   overwrite=getattr(a, "overwrite", False), progress=not a.no_progress, device=a.device,
+                   wandb=getattr(a, "wandb", False))
+
+
+def run_main(main: Callable[[], int | None], prog: str) -> None:
+    """Run a script's main(): SisaError -> one line on stderr, exit 1; Ctrl-C -> exit 130."""
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    try:
+        sys.exit(main() or 0)
+    except SisaError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; completed checkpoints are kept, rerun the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)

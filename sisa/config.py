@@ -1,0 +1,129 @@
+"""The resolved configuration of a run: one frozen dataclass, saved as JSON in the run folder and
+inside every checkpoint, so a run can always be explained from its folder alone.
+
+Only settings that change *what is computed* live here. Settings that change only *how* or *where*
+(device, data folder, progress bars, wandb) are run-time options and may differ between the first
+run and a resume.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import SisaError
+
+PLACEMENTS = ("random", "sorted")          # how training faces are ordered into shards/slices
+TEST_KINDS = ("random", "balanced", "kfold")  # how each fold's test set is drawn
+STRATEGIES = tuple(f"{p}-{t}" for p in PLACEMENTS for t in TEST_KINDS)
+PUT_IN = ("shard", "slice")
+MODELS = ("resnet18", "cnn")
+SLICE_EPOCHS = ("full", "sisa")
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # --- data -------------------------------------------------------------------------------
+    image_size: int = 200                   # side of the square decoded faces in px (the original's 200)
+    limit: int | None = None                # stratified subsample of this many faces for quick runs; None = all
+    likelihood_factors: str = "gender,race"  # factors of the knowledge k (original: gender,race; 'age' too; '' = none)
+    # --- partition --------------------------------------------------------------------------
+    strategy: str = "random-balanced"       # <placement>-<test set>: placement random|sorted, test random|balanced|kfold
+    put_in: str = "slice"                   # sorted placement: high-likelihood faces fill few 'shard's or the last 'slice's
+    num_shards: int = 5                     # S disjoint shards, one model each (baseline: 1)
+    num_slices: int = 3                     # R cumulative slices per shard, a checkpoint after each (baseline: 1)
+    folds: int = 5                          # K repetitions, each with its own test set and partition
+    test_per_cell: int = 9                  # balanced test set: faces per (race, age class) cell
+    test_random: int = 63                   # balanced test set: extra faces drawn at random (group "random")
+    seed: int = 0                           # the one seed every random choice derives from
+    # --- model and training -----------------------------------------------------------------
+    model: str = "resnet18"                 # resnet18 (the original's classifier) | cnn (small, for CPU runs)
+    weights: str = "auto"                   # auto | imagenet | none | PATH to a state dict
+    epochs: int = 15                        # epochs per slice stage (the original's 15)
+    slice_epochs: str = "full"              # full: every stage gets --epochs; sisa: about 2E/(R+1) per stage
+    batch_size: int = 128                   # training batch size per shard model
+    lr: float = 6e-4                        # Adam learning rate, x0.2 after 40%, 60%, 80% of each stage
+    augment: bool = True                    # the original's augmentations (off: plain normalised images)
+    run_name: str = ""                      # folder name under checkpoints/; '' = <strategy>-<put_in>-<S>x<R>
+
+    # ---- derived ---------------------------------------------------------------------------
+    @property
+    def placement(self) -> str:
+        return self.strategy.split("-", 1)[0]
+
+    @property
+    def test_kind(self) -> str:
+        return self.strategy.split("-", 1)[1]
+
+    @property
+    def name(self) -> str:
+        return self.run_name or f"{self.strategy}-{self.put_in}-{self.num_shards}x{self.num_slices}"
+
+    def stage_epochs(self, slice_index: int) -> int:
+        """Epochs of slice stage `slice_index`.
+
+        'sisa' follows Bourtoule et al.: stage l sees (l+1)/R of the shard, so ~2E/(R+1) epochs per
+        stage make the whole sliced shard cost about what E epochs over the shard cost once.
+        """
+        if self.slice_epochs == "full":
+            return self.epochs
+        return max(1, round(2 * self.epochs / (self.num_slices + 1)))
+
+    def validate(self) -> "RunConfig":
+        """Raise SisaError naming the first bad value and how to fix it; return self when fine."""
+        def bad(flag: str, value: Any, fix: str) -> SisaError:
+            return SisaError(f"--{flag} {value!r} is invalid: {fix}")
+
+        if self.strategy not in STRATEGIES:
+            raise bad("strategy", self.strategy, f"choose one of {', '.join(STRATEGIES)}")
+        if self.put_in not in PUT_IN:
+            raise bad("put_in", self.put_in, "choose shard or slice")
+        if self.model not in MODELS:
+            raise bad("model", self.model, f"choose one of {', '.join(MODELS)}")
+        if self.slice_epochs not in SLICE_EPOCHS:
+            raise bad("slice_epochs", self.slice_epochs, "choose full or sisa")
+        for flag in ("num_shards", "num_slices", "folds", "epochs", "batch_size", "image_size"):
+            if getattr(self, flag) < 1:
+                raise bad(flag, getattr(self, flag), "it must be a whole number >= 1")
+        if self.image_size < 16:
+            raise bad("image_size", self.image_size, "faces smaller than 16 px cannot be classified; use >= 16")
+        for flag in ("test_per_cell", "test_random"):
+            if getattr(self, flag) < 0:
+                raise bad(flag, getattr(self, flag), "it must be >= 0")
+        if self.test_kind == "kfold" and self.folds < 2:
+            raise bad("folds", self.folds, "a kfold test set needs --folds >= 2")
+        if self.test_kind != "kfold" and self.test_per_cell == 0 and self.test_random == 0:
+            raise SisaError("the test set would be empty: set --test_per_cell or --test_random above 0")
+        if self.limit is not None and self.limit < 1:
+            raise bad("limit", self.limit, "give a number of faces >= 1, or leave it out for all faces")
+        if not self.lr > 0:
+            raise bad("lr", self.lr, "the learning rate must be > 0")
+        if self.run_name and not _NAME_OK.match(self.run_name):
+            raise bad("run_name", self.run_name, "use letters, digits and . _ + - only (no slashes)")
+        from .likelihood import parse_factors  # late import: likelihood depends on nothing here
+        parse_factors(self.likelihood_factors)
+        return self
+
+    # ---- JSON ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise SisaError(f"run config has unknown fields {sorted(unknown)}: it was written by "
+                            "another version of this project; retrain or use that version")
+        return cls(**d)
+
+    def differences(self, other: "RunConfig") -> list[str]:
+        """Human-readable 'field: old -> new' for every field that differs."""
+        a, b = self.to_dict(), other.to_dict()
+        return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]

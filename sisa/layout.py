@@ -1,0 +1,112 @@
+"""The one place that knows where files live.
+
+    checkpoints/<run>/
+        config.json                 the resolved RunConfig
+        run.json                    partition hashes, data fingerprint, resolved weights, versions
+        skipped.csv                 every data file that is not a usable face, with the reason
+        LOCK                        held by the process writing the run
+        fold-<k>/partition.csv      one row per face: labels, likelihood, role, group, shard, slice, forgotten
+        fold-<k>/composition.csv    faces, race shares and high-likelihood share per shard and slice
+        fold-<k>/shard-<s>/slice-<l>.pt   checkpoint after slice stage l (slices 0..l of shard s)
+        fold-<k>/metrics.jsonl      one record per training epoch
+        fold-<k>/logits.npz         evaluation: every shard model's logits on the test faces
+        unlearning/log.jsonl        append-only record of served deletion requests
+        unlearning/pending/         checkpoints being retrained, moved into place once complete
+    summaries/<name>-<k>of<K>.pickle, -mean.pickle, -square.pickle, -results.csv/.pickle, ...
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SisaError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINTS = PROJECT_ROOT / "checkpoints"
+DEFAULT_SUMMARIES = PROJECT_ROOT / "summaries"
+DEFAULT_DATA = PROJECT_ROOT / "data" / "UTKFace"
+DEFAULT_CACHE = PROJECT_ROOT / "data" / "cache"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    config = property(lambda self: self.root / "config.json")
+    manifest = property(lambda self: self.root / "run.json")
+    skipped = property(lambda self: self.root / "skipped.csv")
+    lock = property(lambda self: self.root / "LOCK")
+    unlearning_dir = property(lambda self: self.root / "unlearning")
+    unlearning_log = property(lambda self: self.root / "unlearning" / "log.jsonl")
+    pending_dir = property(lambda self: self.root / "unlearning" / "pending")
+
+    def fold_dir(self, fold: int) -> Path:
+        return self.root / f"fold-{fold}"
+
+    def partition(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "partition.csv"
+
+    def composition(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "composition.csv"
+
+    def metrics(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "metrics.jsonl"
+
+    def logits(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "logits.npz"
+
+    def checkpoint(self, fold: int, shard: int, slice_: int) -> Path:
+        return self.fold_dir(fold) / f"shard-{shard}" / f"slice-{slice_}.pt"
+
+    def pending_checkpoint(self, fold: int, shard: int, slice_: int) -> Path:
+        return self.pending_dir / f"fold-{fold}" / f"shard-{shard}" / f"slice-{slice_}.pt"
+
+    def exists(self) -> bool:
+        return self.config.exists()
+
+
+def run_layout(run: str, checkpoints_dir: Path = DEFAULT_CHECKPOINTS, must_exist: bool = True) -> RunLayout:
+    """A run given as a name under `checkpoints_dir` or as a path to its folder."""
+    candidates = [Path(run)] if ("/" in run or Path(run).is_absolute()) else [Path(checkpoints_dir) / run, Path(run)]
+    for c in candidates:
+        if (c / "config.json").exists():
+            return RunLayout(c.resolve())
+    if must_exist:
+        looked = " or ".join(str(c) for c in candidates)
+        raise SisaError(f"no run at {looked} (no config.json there); train it first with train.py, "
+                        f"or give the run's folder (runs: {', '.join(list_runs(checkpoints_dir)) or 'none'})")
+    return RunLayout(candidates[0].resolve())
+
+
+def list_runs(checkpoints_dir: Path = DEFAULT_CHECKPOINTS) -> list[str]:
+    d = Path(checkpoints_dir)
+    return sorted(p.name for p in d.iterdir() if (p / "config.json").exists()) if d.is_dir() else []
+
+
+@dataclass(frozen=True)
+class SummaryLayout:
+    """Files that evaluate.py writes for one evaluated state of a run, named `<name>-...`."""
+    root: Path
+    name: str
+
+    def fold(self, k: int, folds: int) -> Path:      # k is 1-based, as in the original: <run>-1of5.pickle
+        return self.root / f"{self.name}-{k}of{folds}.pickle"
+
+    mean = property(lambda self: self.root / f"{self.name}-mean.pickle")
+    square = property(lambda self: self.root / f"{self.name}-square.pickle")
+    results_csv = property(lambda self: self.root / f"{self.name}-results.csv")
+    results_pickle = property(lambda self: self.root / f"{self.name}-results.pickle")
+    fairness_csv = property(lambda self: self.root / f"{self.name}-fairness.csv")
+    predictions = property(lambda self: self.root / f"{self.name}-predictions.csv")
+    info = property(lambda self: self.root / f"{self.name}-info.json")
+    heatmap = property(lambda self: self.root / f"{self.name}-heatmap.png")
+    composition_png = property(lambda self: self.root / f"{self.name}-composition.png")
+
+    def all_files(self, folds: int) -> list[Path]:
+        return [*(self.fold(k, folds) for k in range(1, folds + 1)), self.mean, self.square,
+                self.results_csv, self.results_pickle, self.fairness_csv, self.predictions, self.info,
+                self.heatmap, self.composition_png]

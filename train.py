@@ -1,0 +1,48 @@
+"""Train a SISA experiment: every fold, every shard, every slice, with a checkpoint after each slice.
+
+    python3 train.py --num_shards 5 --num_slices 3 --strategy sorted-balanced --put_in slice
+    python3 train.py --dry_run --strategy sorted-balanced --put_in shard      # placement only
+    python3 train.py --num_shards 2 --num_slices 2 --strategy sorted-balanced --put_in slice --folds 1 \
+        --epochs 1 --limit 1000 --test_per_cell 2 --test_random 14 --image_size 32 --model cnn   # CPU quick start
+
+Running the same command again resumes after the last complete slice. The run folder is
+checkpoints/<strategy>-<put_in>-<S>x<R>/ unless --run_name says otherwise.
+"""
+from sisa.cli import Parser, add_config_args, add_option_args, config_from_args, options_from_args, run_main
+
+
+def get_args_parser() -> Parser:
+    p = Parser(description=__doc__.split("\n")[0], epilog="See README.md for the outputs.")
+    add_config_args(p)
+    add_option_args(p)
+    p.add_argument("--dry_run", action="store_true",
+                   help="build the faces and every fold's partition, write the run folder, print the composition, and stop")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an existing run folder of another configuration instead of stopping")
+    p.add_argument("--wandb", action="store_true",
+                   help="also log to Weights & Biases (mode from WANDB_MODE; offline needs no login)")
+    return p
+
+
+def main() -> None:
+    args = get_args_parser().parse_args()
+    from sisa.experiment import describe, prepare
+    from sisa.store import run_lock
+
+    cfg, opts = config_from_args(args).validate(), options_from_args(args)
+    from sisa.layout import RunLayout
+    layout = RunLayout((opts.checkpoints_dir / cfg.name).resolve())
+    with run_lock(layout.lock, "train.py"):
+        exp = prepare(cfg, opts)
+        print(describe(exp))
+        if args.dry_run:
+            print(f"dry run: wrote {exp.layout.root} (config.json, run.json, skipped.csv, fold-*/partition.csv)")
+            return
+        from sisa.training import train_run
+        train_run(exp, opts)
+        print(f"trained {cfg.folds} fold(s) x {cfg.num_shards} shard(s) x {cfg.num_slices} slice(s): {exp.layout.root}")
+        print(f"next: python3 evaluate.py --run_dir {cfg.name}")
+
+
+if __name__ == "__main__":
+    run_main(main, "train.py")
