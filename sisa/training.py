@@ -132,7 +132,7 @@ class Trainer:
         self.exp, self.cfg = exp, exp.cfg
         self.device = resolve_device(opts.device)
         self.images = torch.from_numpy(exp.images).to(self.device)                 # (N, H, W, 3) uint8
-        self.labels = torch.as_tensor(exp.table["age_class"].to_numpy(), device=self.device)  # (N,)
+        self.labels = torch.tensor(exp.table["age_class"].to_numpy(dtype=np.int64), device=self.device)  # (N,)
         self.bar, self.logger = bar, logger
         self.amp = self.device.type == "cuda"   # bf16 autocast on GPUs; CPU stays fp32 (exact, reproducible)
 
@@ -153,7 +153,7 @@ class Trainer:
         rows_t = torch.as_tensor(rows, device=dev)
         started = time.perf_counter()
         for epoch in range(epochs):
-            t0 = time.perf_counter()
+            t0, lr = time.perf_counter(), sched.get_last_lr()[0]
             loss_sum = torch.zeros((), device=dev)
             correct = torch.zeros((), device=dev, dtype=torch.long)
             for batch in batches(len(rows), cfg.batch_size, order_gen):
@@ -176,7 +176,7 @@ class Trainer:
                 raise SisaError(f"training diverged: loss {mean_loss} in fold {fold} shard {shard} slice {slice_} "
                                 f"epoch {epoch}; completed checkpoints are intact; lower --lr and rerun")
             seconds = time.perf_counter() - t0
-            rec = {"fold": fold, "shard": shard, "slice": slice_, "epoch": epoch, "lr": sched.get_last_lr()[0],
+            rec = {"fold": fold, "shard": shard, "slice": slice_, "epoch": epoch, "lr": lr,
                    "loss": mean_loss, "train_acc": correct.item() / len(rows), "faces": len(rows),
                    "seconds": seconds, "images_per_s": len(rows) / seconds}
             append_line(metrics_path, json.dumps(rec))
@@ -232,13 +232,13 @@ def train_run(exp: Experiment, opts: Options) -> None:
     """Train every incomplete (fold, shard), resuming after its last valid checkpoint."""
     cfg = exp.cfg
     todo = [(f, s, completed_slices(exp, f, s)) for f in range(cfg.folds) for s in range(cfg.num_shards)]
+    done, stages = sum(first for _, _, first in todo), len(todo) * cfg.num_slices
     todo = [(f, s, first) for f, s, first in todo if first < cfg.num_slices]
-    done = cfg.folds * cfg.num_shards - len(todo)
     if not todo:
-        print(f"all {cfg.folds * cfg.num_shards} shard models are complete; nothing to train")
+        print(f"all {stages} slice checkpoints are complete; nothing to train")
         return
     if done:
-        print(f"resuming: {done} shard model(s) complete, {len(todo)} to train")
+        print(f"resuming: {done} of {stages} slice checkpoints complete, training the other {stages - done}")
     total = sum(stage_work(exp, f, s, first) for f, s, first in todo)
     logger = wandb_logger(exp) if opts.wandb else None
     with tqdm(total=total, unit="img", unit_scale=True, desc="training", disable=not opts.progress,
