@@ -8,7 +8,9 @@ the original study's torchvision pipeline, in this order:
   horizontal flip (p=0.5)
   colour jitter: brightness [0.85, 1.15], contrast [0.8, 1.2], saturation [0.85, 1.15], hue +-0.05
   random affine: rotation +-15 deg, scale [0.85, 1.2], x-shear +-10 deg, no translation, grey fill
-  Gaussian blur: kernel 5, 7 or 9, sigma [0.1, 5]
+  Gaussian blur: kernel 5, 7 or 9, sigma [0.1, 5] (defined on 200 px faces: at other sizes the
+                 kernel radius and sigma scale with the image, so a 32 px face is blurred as much,
+                 relative to its size, as the original's 200 px one, not wiped out)
   autocontrast (p=0.5)
   ImageNet normalisation
   Gaussian pixel noise, sigma 0.15, added after normalisation
@@ -29,6 +31,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 NOISE_STD = 0.15
 FILL = 0.5  # grey, in [0, 1] units, where the affine transform looks outside the image
+ORIGINAL_SIZE = 200  # px: the face size the original's blur parameters were chosen for
 MAX_TAPS = 9  # the largest blur kernel; smaller kernels are this one with the outer taps zeroed
 
 
@@ -170,8 +173,11 @@ def augment(batch_u8: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     brightness, contrast = _uniform(u[:, 1], 0.85, 1.15), _uniform(u[:, 2], 0.8, 1.2)
     saturation, hue = _uniform(u[:, 3], 0.85, 1.15), _uniform(u[:, 4], -0.05, 0.05)
     angle, scale, shear = _uniform(u[:, 5], -15.0, 15.0), _uniform(u[:, 6], 0.85, 1.2), _uniform(u[:, 7], -10.0, 10.0)
-    ksize = 5.0 + 2.0 * torch.floor(u[:, 8] * 3.0)  # 5, 7 or 9, each with probability 1/3
+    ksize = 5.0 + 2.0 * torch.floor(u[:, 8] * 3.0)  # 5, 7 or 9, each with probability 1/3 (at 200 px)
     sigma = _uniform(u[:, 9], 0.1, 5.0)
+    rel = H / ORIGINAL_SIZE                           # blur in units of the face, not of pixels
+    ksize = (2.0 * torch.round((ksize - 1.0) / 2.0 * rel) + 1.0).clamp_(max=MAX_TAPS)
+    sigma = sigma * rel
     stretch = u[:, 10] < 0.5
     # Drawn as (B, H, W, 3) so that its permuted view already has the output's channels_last layout.
     noise = torch.randn(B, H, W, 3, generator=gen, device=gen.device, dtype=torch.float32).permute(0, 3, 1, 2)

@@ -88,12 +88,17 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="folder name under --checkpoints_dir (default <strategy>-<put_in>-<S>x<R>)")
 
 
-def add_option_args(p: argparse.ArgumentParser, data: bool = True) -> None:
+def add_option_args(p: argparse.ArgumentParser, new_run: bool = True) -> None:
+    """Where and how; `new_run` False (evaluate, unlearn): the data defaults to what the run recorded."""
     g = p.add_argument_group("where and how (not part of the run's identity)")
-    if data:
+    if new_run:
         g.add_argument("--data_dir", type=Path, default=DEFAULT_DATA, help=f"folder of UTKFace images (default {DEFAULT_DATA})")
         g.add_argument("--cache_dir", type=Path, default=DEFAULT_CACHE, help=f"decoded-image cache (default {DEFAULT_CACHE})")
         g.add_argument("--strict_data", action="store_true", help="any bad data file is fatal instead of skipped and reported")
+    else:
+        g.add_argument("--data_dir", type=Path, default=None,
+                       help="folder of UTKFace images, needed only for models not yet evaluated (default: the run's own, from run.json)")
+        g.add_argument("--cache_dir", type=Path, default=None, help="decoded-image cache (default: the run's own, from run.json)")
     g.add_argument("--checkpoints_dir", type=Path, default=DEFAULT_CHECKPOINTS, help=f"where run folders live (default {DEFAULT_CHECKPOINTS})")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available (default auto)")
     g.add_argument("--no_progress", action="store_true", help="no progress bars (for logs)")
@@ -112,8 +117,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
 
 
 def options_from_args(a: argparse.Namespace) -> Options:
-    defaults = Options()
-    return Options(data_dir=getattr(a, "data_dir", defaults.data_dir), cache_dir=getattr(a, "cache_dir", defaults.cache_dir),
+    return Options(data_dir=a.data_dir, cache_dir=a.cache_dir,
                    checkpoints_dir=a.checkpoints_dir, strict_data=getattr(a, "strict_data", False),
                    overwrite=getattr(a, "overwrite", False), progress=not a.no_progress, device=a.device,
                    wandb=getattr(a, "wandb", False))

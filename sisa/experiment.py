@@ -32,8 +32,8 @@ from .store import read_json, write_bytes, write_json, write_text
 @dataclass(frozen=True)
 class Options:
     """Run-time options: where things are and how to run, not what is computed."""
-    data_dir: Path = DEFAULT_DATA
-    cache_dir: Path = DEFAULT_CACHE
+    data_dir: Path | None = DEFAULT_DATA    # None: the folder recorded in the run (evaluate, unlearn)
+    cache_dir: Path | None = DEFAULT_CACHE   # None: the cache recorded in the run
     checkpoints_dir: Path = DEFAULT_CHECKPOINTS
     strict_data: bool = False
     overwrite: bool = False
@@ -114,7 +114,8 @@ def prepare(cfg: RunConfig, opts: Options) -> Experiment:
     manifest = {
         "name": cfg.name,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "data": {"folder": str(Path(opts.data_dir).resolve()), "fingerprint": faces.fingerprint,
+        "data": {"folder": str(Path(opts.data_dir).resolve()), "cache": str(Path(opts.cache_dir).resolve()),
+                 "fingerprint": faces.fingerprint,
                  "files_skipped": len(faces.skipped), "faces_usable": len(faces.table),
                  "faces_in_run": len(table), "high_likelihood_share": float(table["high_likelihood"].mean()),
                  "requests_unlearning": int(table["requests_unlearning"].sum())},
@@ -163,8 +164,10 @@ def open_run(layout: RunLayout, opts: Options, with_images: bool = True) -> Expe
     images = np.empty((0,), np.uint8)
     skipped = pd.read_csv(layout.skipped) if layout.skipped.exists() else pd.DataFrame()
     if with_images:
-        data_dir = opts.data_dir if Path(opts.data_dir).is_dir() else Path(manifest["data"]["folder"])
-        faces, run_table, images = _faces_of_run(cfg, dataclasses.replace(opts, data_dir=data_dir))
+        # by default, the folder and cache the run was made from
+        data_dir = Path(opts.data_dir or manifest["data"]["folder"])
+        cache_dir = Path(opts.cache_dir or manifest["data"].get("cache", DEFAULT_CACHE))
+        faces, run_table, images = _faces_of_run(cfg, dataclasses.replace(opts, data_dir=data_dir, cache_dir=cache_dir))
         if (faces.fingerprint != manifest["data"]["fingerprint"]
                 or run_table["filename"].tolist() != table["filename"].tolist()):
             raise SisaError(f"the faces in {data_dir} differ from those run {cfg.name} was made with; "

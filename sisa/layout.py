@@ -103,10 +103,11 @@ class SummaryLayout:
     fairness_csv = property(lambda self: self.root / f"{self.name}-fairness.csv")
     predictions = property(lambda self: self.root / f"{self.name}-predictions.csv")
     info = property(lambda self: self.root / f"{self.name}-info.json")
+    bars = property(lambda self: self.root / f"{self.name}-bars.png")
     heatmap = property(lambda self: self.root / f"{self.name}-heatmap.png")
     composition_png = property(lambda self: self.root / f"{self.name}-composition.png")
 
     def all_files(self, folds: int) -> list[Path]:
         return [*(self.fold(k, folds) for k in range(1, folds + 1)), self.mean, self.square,
                 self.results_csv, self.results_pickle, self.fairness_csv, self.predictions, self.info,
-                self.heatmap, self.composition_png]
+                self.bars, self.heatmap, self.composition_png]

@@ -1,0 +1,220 @@
+"""Evaluate a trained run: shard logits on each fold's test faces, the ensemble, summaries, figures.
+
+    python3 evaluate.py --run_dir sorted-balanced-slice-5x3
+    python3 evaluate.py --compare baseline-1x1 random-balanced-slice-5x3 sorted-balanced-slice-5x3
+
+Logits are saved per fold with the digests of the checkpoints that produced them, so evaluating
+again (another aggregation, more bootstrap samples) needs no model and no GPU until a checkpoint
+changes (after unlearning, say).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import checkpoints, fairness, plots
+from .aggregation import AGGREGATIONS, rank, scores
+from .augment import to_input
+from .data import RACES
+from .errors import SisaError
+from .experiment import Experiment, Options, open_run, versions
+from .layout import RunLayout, SummaryLayout
+from .model import build_model
+from .store import write_bytes, write_json, write_text
+from .training import resolve_device, stage_hash
+
+EVAL_BATCH = 256
+
+
+def fold_problems(exp: Experiment) -> dict[int, list[str]]:
+    """For each fold, what keeps it from being evaluated (empty list: complete)."""
+    cfg, last = exp.cfg, exp.cfg.num_slices - 1
+    out = {}
+    for fold in range(cfg.folds):
+        problems = []
+        for shard in range(cfg.num_shards):
+            st = checkpoints.status(exp.layout.checkpoint(fold, shard, last), stage_hash(exp, fold, shard, last)[1])
+            if st.state != "ok":
+                problems.append(f"shard {shard} slice {last} {st.state}")
+        out[fold] = problems
+    return out
+
+
+def _test_rows(exp: Experiment, fold: int) -> np.ndarray:
+    return np.flatnonzero((exp.partitions[fold]["role"] == "test").to_numpy())
+
+
+@torch.no_grad()
+def shard_logits(exp: Experiment, fold: int, device: torch.device) -> np.ndarray:
+    """(S, n_test, 7) logits of every shard's final model on the fold's test faces."""
+    rows = torch.as_tensor(_test_rows(exp, fold))
+    images = torch.from_numpy(np.ascontiguousarray(exp.images))
+    out = []
+    for shard in range(exp.cfg.num_shards):
+        path = exp.layout.checkpoint(fold, shard, exp.cfg.num_slices - 1)
+        ck = checkpoints.load_checkpoint(path, exp.cfg, stage_hash(exp, fold, shard, exp.cfg.num_slices - 1)[1])
+        model, _ = build_model(exp.cfg.model, "none", 0)     # architecture only: the weights come from ck
+        model.load_state_dict(ck["model"])
+        model = model.to(device, memory_format=torch.channels_last).eval()
+        chunks = []
+        for idx in rows.split(EVAL_BATCH):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                chunks.append(model(to_input(images[idx].to(device))).float().cpu())
+        out.append(torch.cat(chunks).numpy())
+    return np.stack(out)
+
+
+def _final_digests(exp: Experiment, fold: int) -> list[str]:
+    last = exp.cfg.num_slices - 1
+    return [checkpoints.status(exp.layout.checkpoint(fold, s, last)).record["digest"] for s in range(exp.cfg.num_shards)]
+
+
+def fold_logits(exp: Experiment, fold: int, opts: Options) -> np.ndarray:
+    """Saved logits if they came from the current checkpoints, else computed (and saved)."""
+    path, digests = exp.layout.logits(fold), _final_digests(exp, fold)
+    names = exp.partitions[fold]["filename"].to_numpy()[_test_rows(exp, fold)].astype(str)
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if list(z["checkpoint_digests"]) == digests and list(z["filenames"]) == list(names):
+                    return z["shard_logits"]
+        except Exception:
+            pass   # damaged or old: recompute
+    if exp.images.size == 0:
+        raise LookupError("images needed")
+    logits = shard_logits(exp, fold, resolve_device(opts.device))
+    buf = io.BytesIO()
+    np.savez(buf, shard_logits=logits, filenames=names, checkpoint_digests=np.array(digests),
+             **{f"ensemble_{m}": scores(logits, m) for m in AGGREGATIONS})
+    write_bytes(path, buf.getvalue())
+    return logits
+
+
+def predictions(exp: Experiment, fold: int, logits: np.ndarray, aggregation: str) -> pd.DataFrame:
+    """One row per (model, test face) of a fold: the ensemble's and each shard model's top-2."""
+    part = exp.partitions[fold].iloc[_test_rows(exp, fold)]
+    base = pd.DataFrame({"fold": fold, "filename": part["filename"].astype(str).to_numpy(),
+                         "race": part["race"].to_numpy(), "age_class": part["age_class"].to_numpy(),
+                         "group": part["group"].astype(str).to_numpy()})
+    frames = []
+    for model, score in [("ensemble", scores(logits, aggregation))] + \
+                        [(f"shard-{s}", logits[s]) for s in range(len(logits))]:
+        top = rank(score)
+        frames.append(base.assign(model=model, pred1=top[:, 0], pred2=top[:, 1]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def composition_shares(partitions: list[pd.DataFrame]) -> pd.DataFrame:
+    """Share of each race among high- and low-likelihood training faces, pooled over folds."""
+    train = pd.concat([p[(p["role"] == "train") & ~p["forgotten"]] for p in partitions])
+    rows = {}
+    for label, sel in (("high unlearning likelihood", train["high_likelihood"]),
+                       ("low unlearning likelihood", ~train["high_likelihood"])):
+        sub = train[sel]
+        rows[label] = {**{r: float((sub["race"] == i).mean()) if len(sub) else np.nan for i, r in enumerate(RACES)},
+                       "share": float(sel.mean())}
+    return pd.DataFrame(rows).T
+
+
+def summary_name(exp: Experiment) -> str:
+    forgotten = set()
+    for p in exp.partitions:
+        forgotten |= set(p.loc[p["forgotten"], "filename"])
+    return exp.cfg.name + (f"-unlearned{len(forgotten)}" if forgotten else "")
+
+
+def evaluate_run(layout: RunLayout, opts: Options, summaries_dir: Path, aggregation: str = "sum_logits",
+                 allow_partial: bool = False, overwrite: bool = False, name: str | None = None,
+                 n_boot: int = 1000) -> tuple[SummaryLayout, pd.DataFrame]:
+    exp = open_run(layout, opts, with_images=False)
+    problems = fold_problems(exp)
+    incomplete = {f: p for f, p in problems.items() if p}
+    if incomplete and not allow_partial:
+        listed = "; ".join(f"fold {f}: {', '.join(p)}" for f, p in incomplete.items())
+        raise SisaError(f"run {exp.cfg.name} is not fully trained ({listed}); finish it with train.py, "
+                        "or pass --allow_partial to evaluate only the complete folds")
+    folds = [f for f, p in problems.items() if not p]
+    if not folds:
+        raise SisaError(f"run {exp.cfg.name} has no complete fold to evaluate; train it first")
+    out = SummaryLayout(Path(summaries_dir), name or summary_name(exp))
+    existing = [p for p in out.all_files(len(folds)) if p.exists()]
+    if existing and not overwrite:
+        raise SisaError(f"summaries for {out.name} exist already ({existing[0].name}, ...); pass --overwrite "
+                        "to replace them or --name to write them under another name")
+    # --- compute everything first; write only when all of it succeeded --------------------------
+    logits = {}
+    for fold in folds:
+        try:
+            logits[fold] = fold_logits(exp, fold, opts)
+        except LookupError:
+            exp = open_run(layout, opts, with_images=True)   # images are only needed for new logits
+            logits[fold] = fold_logits(exp, fold, opts)
+    pred = pd.concat([predictions(exp, f, logits[f], aggregation) for f in folds], ignore_index=True)
+    tidy = fairness.tidy_metrics(pred)
+    per_fold, mean, square = fairness.original_summaries(tidy)
+    fair = fairness.fairness_table(pred, exp.cfg.test_kind, n_boot)
+    info = {"run": exp.cfg.name, "run_dir": str(layout.root), "summary": out.name, "aggregation": aggregation,
+            "folds_evaluated": folds, "folds_in_run": exp.cfg.folds, "test_kind": exp.cfg.test_kind,
+            "weights_used": exp.manifest.get("weights_used"),
+            "faces_forgotten": {f"fold-{f}": int(exp.partitions[f]["forgotten"].sum()) for f in folds},
+            "unlearning_requests_served": sum(int(exp.partitions[f]["forgotten"].sum()) for f in folds),
+            "n_boot": n_boot, "config": exp.cfg.to_dict(),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "versions": versions()}
+    tidy_out = tidy.assign(run=out.name)
+    # --- write ----------------------------------------------------------------------------------
+    summaries_dir.mkdir(parents=True, exist_ok=True)
+    for k, (fold, summary) in enumerate(zip(folds, per_fold), start=1):
+        write_bytes(out.fold(k, len(folds)), pickle.dumps(summary))
+    write_bytes(out.mean, pickle.dumps(mean))
+    write_bytes(out.square, pickle.dumps(square))
+    write_text(out.results_csv, tidy_out.to_csv(index=False))
+    write_bytes(out.results_pickle, pickle.dumps(tidy_out))
+    write_text(out.fairness_csv, fair.to_csv())
+    write_text(out.predictions, pred.to_csv(index=False))
+    write_json(out.info, info)
+    decrease = fair["value"].filter(like="decrease").rename(lambda s: s.split()[1])
+    plots.bar_chart({out.name: mean[0]}, {out.name: decrease}, out.bars)
+    plots.heatmap(square, out.name, out.heatmap)
+    plots.composition_chart(composition_shares([exp.partitions[f] for f in folds]), out.composition_png,
+                            f"{out.name}: race shares of the training faces (pooled over folds)")
+    return out, fair
+
+
+def load_summary(summaries_dir: Path, name: str) -> tuple[pd.DataFrame, dict, pd.Series]:
+    out = SummaryLayout(Path(summaries_dir), name)
+    if not out.predictions.exists() or not out.info.exists():
+        raise SisaError(f"no evaluated summaries named {name} in {summaries_dir}; run "
+                        f"python3 evaluate.py --run_dir {name} first")
+    import json
+    with open(out.mean, "rb") as f:
+        top1, _ = pickle.load(f)
+    return pd.read_csv(out.predictions), json.loads(out.info.read_text()), top1
+
+
+def compare(names: list[str], summaries_dir: Path, n_boot: int = 1000) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    """Runs side by side and each versus the first (the baseline); writes a CSV pair and a figure."""
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise SisaError("--compare needs a baseline and at least one other run, each named once")
+    loaded = {n: load_summary(summaries_dir, n) for n in names}
+    side, changes = fairness.compare_runs({n: v[0] for n, v in loaded.items()},
+                                          {n: v[1]["test_kind"] for n, v in loaded.items()}, names[0], n_boot)
+    for n, (_, info, top1) in loaded.items():
+        side.loc["top1 random", n] = top1.get("random", np.nan)
+        side.loc["top1 all_races", n] = top1.get("all_races", np.nan)
+        side.loc["faces forgotten", n] = info.get("unlearning_requests_served", 0)
+    stem = Path(summaries_dir) / f"compare-{names[0]}-vs-{'+'.join(names[1:])}"
+    if len(stem.name) > 150:
+        stem = stem.with_name(f"compare-{names[0]}-vs-{len(names) - 1}-runs")
+    write_text(stem.with_name(stem.name + "-side.csv"), side.to_csv())
+    write_text(stem.with_name(stem.name + "-changes.csv"), changes.to_csv(index=False))
+    decrease = {n: side[n].filter(like="decrease").rename(lambda s: s.split()[1]) for n in names}
+    top1 = {n: loaded[n][2] for n in names}
+    fig = plots.bar_chart(top1, decrease, stem.with_name(stem.name + ".png"),
+                          title="Top-1 accuracy per group; grey: each race's decrease versus the best race")
+    return side, changes, fig

@@ -1,0 +1,106 @@
+"""The figures: the poster's bar chart, race x age-class heatmaps, slice composition, unlearning cost.
+
+Every function takes plain data (Series, arrays, DataFrames) and writes one PNG atomically.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")   # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .data import AGE_CLASSES, RACES  # noqa: E402
+from .partition import GROUPS  # noqa: E402
+from .store import write_bytes  # noqa: E402
+
+RACE_COLOURS = {"white": "#c774d8", "black": "#6f8fdc", "asian": "#7fd8a8", "indian": "#c9df7a", "other": "#e0736e"}
+BAR_GROUPS = ("random", *RACES)   # the poster's order
+
+
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def bar_chart(top1: dict[str, pd.Series], decrease: dict[str, pd.Series], path: Path,
+              title: str = "Top-1 accuracy per group (mean of age classes, mean over folds)") -> Path:
+    """Bars of top-1 % per group for each run; below zero, each race's decrease versus the best race."""
+    runs = list(top1)
+    width = 0.8 / len(runs)
+    blues = plt.cm.GnBu(np.linspace(0.95, 0.45, len(runs)))
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(BAR_GROUPS) * len(runs) / 2), 4.5))
+    x = np.arange(len(BAR_GROUPS))
+    for i, run in enumerate(runs):
+        up = [100 * top1[run].get(g, np.nan) for g in BAR_GROUPS]
+        down = [-100 * decrease[run].get(g, np.nan) for g in BAR_GROUPS]
+        pos = x - 0.4 + width * (i + 0.5)
+        bars = ax.bar(pos, up, width, color=blues[i], label=run)
+        ax.bar(pos, down, width, color="0.6", label="decrease vs best race" if i == 0 else None)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, rotation=90, padding=2)
+        for p, d in zip(pos, down):
+            if np.isfinite(d) and d < 0:
+                ax.text(p, d - 1, f"{d:.1f}", ha="center", va="top", fontsize=7, rotation=90)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, BAR_GROUPS)
+    ax.set_ylabel("top-1 accuracy in %")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, ncol=2, loc="upper right", bbox_to_anchor=(1, 1.0))
+    lows = [-100 * v.max() for v in decrease.values() if len(v)]
+    ax.set_ylim(min(-5, min(lows, default=0) * 1.6), 115)
+    return _save(fig, path)
+
+
+def heatmap(square: np.ndarray, name: str, path: Path) -> Path:
+    """Top-1 % per group (rows) and age class (columns)."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    im = ax.imshow(100 * square, cmap="YlGnBu", vmin=0, vmax=100, aspect="auto")
+    for i in range(square.shape[0]):
+        for j in range(square.shape[1]):
+            v = 100 * square[i, j]
+            ax.text(j, i, "–" if np.isnan(v) else f"{v:.1f}", ha="center", va="center", fontsize=8,
+                    color="white" if v > 60 else "black")
+    ax.set_xticks(range(len(AGE_CLASSES)), AGE_CLASSES)
+    ax.set_yticks(range(len(GROUPS)), GROUPS)
+    ax.set_xlabel("age class")
+    ax.set_title(f"{name}: top-1 accuracy in % by group and age class", fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    return _save(fig, path)
+
+
+def composition_chart(shares: pd.DataFrame, path: Path, title: str) -> Path:
+    """Stacked bars: share of each race (columns) among high- and low-likelihood training faces (rows)."""
+    fig, ax = plt.subplots(figsize=(8, 2.6))
+    for i, (label, row) in enumerate(shares.iterrows()):
+        left = 0.0
+        for race in RACES:
+            v = 100 * row[race]
+            ax.barh(i, v, left=left, color=RACE_COLOURS[race], label=race if i == 0 else None, edgecolor="white")
+            ax.text(left + v / 2, i, f"{v:.1f}%", ha="center", va="center", fontsize=8)
+            left += v
+    ax.set_yticks(range(len(shares)), [f"{k} ({100 * v:.1f}% of faces)" for k, v in shares["share"].items()])
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of the training faces of that likelihood")
+    ax.set_title(title, fontsize=10)
+    ax.legend(ncol=5, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.12), frameon=False)
+    return _save(fig, path)
+
+
+def cost_chart(table: pd.DataFrame, path: Path) -> Path:
+    """Expected retraining cost per request (% of retraining the ensemble) against the fairness gap."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for _, r in table.iterrows():
+        ax.scatter(100 * r["expected_cost_share"], 100 * r["gap"] if pd.notna(r.get("gap")) else 0, s=40)
+        ax.annotate(r["run"], (100 * r["expected_cost_share"], 100 * r["gap"] if pd.notna(r.get("gap")) else 0),
+                    fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("expected retraining per request, % of retraining all shards")
+    ax.set_ylabel("race accuracy gap (best - worst), points")
+    ax.set_title("unlearning cost versus unfairness", fontsize=10)
+    return _save(fig, path)
