@@ -32,8 +32,8 @@ from .store import read_json, write_bytes, write_json, write_text
 @dataclass(frozen=True)
 class Options:
     """Run-time options: where things are and how to run, not what is computed."""
-    data_dir: Path | None = DEFAULT_DATA    # None: the folder recorded in the run (evaluate, unlearn)
-    cache_dir: Path | None = DEFAULT_CACHE   # None: the cache recorded in the run
+    data_dir: Path | None = None    # None: data/UTKFace for a new run, the run's recorded folder after
+    cache_dir: Path | None = None   # None: data/cache for a new run, the run's recorded cache after
     checkpoints_dir: Path = DEFAULT_CHECKPOINTS
     strict_data: bool = False
     overwrite: bool = False
@@ -84,6 +84,13 @@ def _faces_of_run(cfg: RunConfig, opts: Options) -> tuple[Faces, pd.DataFrame, n
     return faces, table, images
 
 
+def _finish_unlearning(layout: RunLayout) -> None:
+    from .unlearning import finish_pending   # late: unlearning builds on this module
+    face = finish_pending(layout)
+    if face:
+        print(f"finished an interrupted unlearning request: {face} is now forgotten")
+
+
 def _clear(layout: RunLayout) -> None:
     """Empty a run folder for --overwrite, keeping the LOCK file this process holds."""
     for p in layout.root.iterdir():
@@ -94,8 +101,10 @@ def _clear(layout: RunLayout) -> None:
 def prepare(cfg: RunConfig, opts: Options) -> Experiment:
     """Create the run folder for `cfg`, or re-open it if it exists with the same configuration."""
     cfg.validate()
+    opts = dataclasses.replace(opts, data_dir=opts.data_dir or DEFAULT_DATA, cache_dir=opts.cache_dir or DEFAULT_CACHE)
     layout = RunLayout((Path(opts.checkpoints_dir) / cfg.name).resolve())
     if layout.exists():
+        _finish_unlearning(layout)
         old = RunConfig.from_dict(read_json(layout.config))
         if old != cfg:
             if not opts.overwrite:
@@ -149,6 +158,7 @@ def prepare(cfg: RunConfig, opts: Options) -> Experiment:
 
 def open_run(layout: RunLayout, opts: Options, with_images: bool = True) -> Experiment:
     """Read a run back: its config, partitions (with forgotten faces) and, optionally, its images."""
+    _finish_unlearning(layout)
     cfg = RunConfig.from_dict(read_json(layout.config))
     manifest = read_json(layout.manifest)
     partitions = []

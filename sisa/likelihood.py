@@ -1,10 +1,15 @@
 """The a-priori likelihood that a face will be unlearned (the original study's "sampler").
 
 Each face gets a GDPR-knowledge probability k: the harmonic mean of the factors in use (race from
-US SAT scores by race, gender and age from Special Eurobarometer 487a). A person with knowledge k
-changed their privacy settings with probability 0.66 k (a "high unlearning likelihood" face, about
-24% of UTKFace) and files an unlearning request with probability 0.001 k (about 8.5 requests over
-the whole set). All draws come from the generator passed in, never a global RNG.
+US SAT scores by race, gender and age from Special Eurobarometer 487a). As on the poster, only a
+person who knows the law acts on it: P(changed privacy settings | knows) = 0.66 and
+P(changed | does not know) = 0, so P(changed | k) = 0.66 k (a "high unlearning likelihood" face,
+about 24% of UTKFace); likewise P(request | knows) = 0.001, so P(request | k) = 0.001 k (about 8.5
+requests over the whole set). Knowing is one latent draw per face shared by both, which is what
+makes the flag informative: a face that changed its settings surely knows the law and requests
+unlearning with probability 0.001, about six times as often as a face that did not. Placement
+strategies, request sampling and expected costs use that conditional probability.
+All draws come from the generator passed in, never a global RNG.
 """
 from __future__ import annotations
 
@@ -23,8 +28,8 @@ GENDER_KNOWLEDGE = (0.38, 0.34)                    # male, female
 AGE_KNOTS = ((0, .30), (10, .32), (20, .36), (25, .40), (33, .45), (40, .46), (48, .43),
              (53, .36), (62, .29), (80, .23), (90, .21), (100, .20), (120, .18))
 NO_FACTOR_KNOWLEDGE = 0.36     # k when no factor is selected
-PRIVACY_RATE = 0.66            # P(changed privacy settings | k) = 0.66 k  -> "high likelihood"
-REQUEST_RATE = 0.001           # P(files an unlearning request | k) = 0.001 k
+PRIVACY_RATE = 0.66            # P(changed privacy settings | knows the law): P(changed | k) = 0.66 k -> "high likelihood"
+REQUEST_RATE = 0.001           # P(files an unlearning request | knows the law): P(request | k) = 0.001 k
 FACTORS = ("age", "gender", "race")
 LIKELIHOOD_COLUMNS = ["knowledge", "high_likelihood", "requests_unlearning"]
 
@@ -59,8 +64,15 @@ def knowledge(table: pd.DataFrame, factors: tuple[str, ...]) -> np.ndarray:
     return hmean(np.stack(parts), axis=0)
 
 
-def request_probability(k: np.ndarray) -> np.ndarray:
-    return REQUEST_RATE * np.asarray(k)
+def request_probability(k: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """P(request | k, whether the face changed its privacy settings).
+
+    High: the person knows the law, so 0.001. Low: P(knows | not changed) = k (1 - 0.66) / (1 - 0.66 k),
+    times 0.001. Averaged over the flag this is 0.001 k again.
+    """
+    k = np.asarray(k, dtype=float)
+    knows_if_low = k * (1 - PRIVACY_RATE) / (1 - PRIVACY_RATE * k)
+    return REQUEST_RATE * np.where(np.asarray(high, dtype=bool), 1.0, knows_if_low)
 
 
 def draw_likelihood(table: pd.DataFrame, factors: tuple[str, ...], rng: np.random.Generator) -> pd.DataFrame:
@@ -70,9 +82,10 @@ def draw_likelihood(table: pd.DataFrame, factors: tuple[str, ...], rng: np.rando
     of the person, so every fold (and every face of a k-fold test) sees the same population.
     """
     k = knowledge(table, factors)
-    u = rng.random((2, len(table)))
+    u = rng.random((3, len(table)))
+    knows = u[0] < k                     # latent: knows the law (not saved; the flags carry it)
     return pd.DataFrame({
         "knowledge": k,
-        "high_likelihood": u[0] < PRIVACY_RATE * k,
-        "requests_unlearning": u[1] < request_probability(k),
+        "high_likelihood": knows & (u[1] < PRIVACY_RATE),
+        "requests_unlearning": knows & (u[2] < REQUEST_RATE),
     }, index=table.index)

@@ -200,15 +200,18 @@ class Trainer:
                   "epochs": stats["epochs"], "train_seconds": stats["seconds"], "device": str(self.device)}
         checkpoints.save_checkpoint(path, payload, record)
 
-    def run_shard(self, fold: int, shard: int, first: int, checkpoint_path=None) -> None:
-        """Train stages first..R-1 of a shard, starting from the checkpoint after stage first-1."""
-        layout, exp = self.exp.layout, self.exp
-        checkpoint_path = checkpoint_path or layout.checkpoint
-        state = restore(exp, fold, shard, first - 1, self.device)
+    def run_shard(self, fold: int, shard: int, first: int, start_path=None, out_path=None,
+                  metrics_path=None) -> float:
+        """Train stages first..R-1 of a shard from the checkpoint after stage first-1 (default: the
+        run's own; unlearning passes its pending copies). Returns the seconds spent."""
+        layout, exp, t0 = self.exp.layout, self.exp, time.perf_counter()
+        out_path = out_path or layout.checkpoint
+        state = restore(exp, fold, shard, first - 1, self.device, path=start_path)
         for l in range(first, self.cfg.num_slices):
             rows, digest = stage_hash(exp, fold, shard, l)
-            stats = self.train_stage(state, fold, shard, l, rows, layout.metrics(fold))
-            self.save(state, checkpoint_path(fold, shard, l), fold, shard, l, rows, digest, stats)
+            stats = self.train_stage(state, fold, shard, l, rows, metrics_path or layout.metrics(fold))
+            self.save(state, out_path(fold, shard, l), fold, shard, l, rows, digest, stats)
+        return time.perf_counter() - t0
 
 
 def stage_work(exp: Experiment, fold: int, shard: int, first: int) -> int:

@@ -5,7 +5,8 @@ import pytest
 
 from sisa.errors import SisaError
 from sisa.likelihood import (AGE_KNOTS, GENDER_KNOWLEDGE, NO_FACTOR_KNOWLEDGE, PRIVACY_RATE, RACE_KNOWLEDGE,
-                             REQUEST_RATE, age_spline, draw_likelihood, knowledge, parse_factors)
+                             REQUEST_RATE, age_spline, draw_likelihood, knowledge, parse_factors,
+                             request_probability)
 
 
 def test_age_spline_passes_through_its_knots():
@@ -44,3 +45,25 @@ def test_drawn_rates_match_the_model_within_sampling_error():
     again = draw_likelihood(t, ("gender", "race"), np.random.default_rng(7))
     other = draw_likelihood(t, ("gender", "race"), np.random.default_rng(8))
     assert again.equals(d) and not other["high_likelihood"].equals(d["high_likelihood"])
+
+
+def test_request_probability_given_the_flag():
+    k = np.linspace(0.2, 0.5, 7)
+    high, low = request_probability(k, np.ones(7, bool)), request_probability(k, np.zeros(7, bool))
+    assert np.allclose(high, REQUEST_RATE)
+    # averaged over the flag it is the model's marginal 0.001 k
+    assert np.allclose(PRIVACY_RATE * k * high + (1 - PRIVACY_RATE * k) * low, REQUEST_RATE * k)
+    assert (high > 3 * low).all()
+
+
+def test_flagged_faces_request_more_often():
+    n = 2_000_000
+    g = np.random.default_rng(3)
+    t = pd.DataFrame({"age": g.integers(0, 100, n), "gender": g.integers(0, 2, n), "race": g.integers(0, 5, n)})
+    d = draw_likelihood(t, ("gender", "race"), np.random.default_rng(11))
+    hi, lo = d["high_likelihood"], ~d["high_likelihood"]
+    r_hi, r_lo = d["requests_unlearning"][hi].mean(), d["requests_unlearning"][lo].mean()
+    assert abs(r_hi - REQUEST_RATE) < 4 * np.sqrt(REQUEST_RATE / hi.sum())
+    expected_lo = request_probability(d["knowledge"][lo], np.zeros(lo.sum(), bool)).mean()
+    assert abs(r_lo - expected_lo) < 4 * np.sqrt(expected_lo / lo.sum())
+    assert r_hi > 3 * r_lo

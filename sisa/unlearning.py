@@ -1,0 +1,214 @@
+"""Unlearning the SISA way: forget a face by retraining only its shard, from its slice on.
+
+A request for face x of fold f (in shard s, slice l) is served in three steps:
+  1. retrain stages l..R-1 of shard s from the checkpoint after stage l-1, on the same faces minus
+     x and everything forgotten before, with the run's own recipe; the new checkpoints go to
+     unlearning/pending/ (the run's own checkpoints are untouched, so the run stays usable);
+  2. write unlearning/pending/commit.json: the commit point;
+  3. mark x forgotten in fold-f/partition.csv, append the request to unlearning/log.jsonl, move the
+     new checkpoints into place, delete pending/.
+A crash before 2 leaves the run as it was (a rerun reuses the finished pending stages); a crash
+after 2 is rolled forward by the next command that opens the run (`finish_pending`).
+
+Costs are counted in faces x epochs: retraining stages l..R-1 of one shard, against retraining all
+shards from scratch and against retraining the monolithic 1x1 baseline. `expected_cost` weighs every
+training face by its request probability (see likelihood.request_probability), with no training.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+
+from . import checkpoints
+from .config import RunConfig
+from .errors import SisaError
+from .experiment import Experiment, Options
+from .layout import RunLayout
+from .likelihood import request_probability
+from .partition import read_partition, stage_rows, write_partition_csv
+from .seeding import rng
+from .store import append_line, read_json, read_jsonl, write_bytes, write_json
+
+
+def _fault(point: str) -> None:
+    """Crash here if SISA_FAULT names this point: how the tests prove crash consistency."""
+    if os.environ.get("SISA_FAULT") == point:
+        os._exit(137)
+
+
+# ---- costs -------------------------------------------------------------------------------------
+def stage_costs(part: pd.DataFrame, cfg: RunConfig) -> np.ndarray:
+    """(S, R) faces x epochs of every slice stage under the partition's current forgotten set."""
+    return np.array([[len(stage_rows(part, s, l)) * cfg.stage_epochs(l) for l in range(cfg.num_slices)]
+                     for s in range(cfg.num_shards)])
+
+
+def baseline_cost(part: pd.DataFrame, cfg: RunConfig) -> int:
+    """Retraining the monolithic 1x1 baseline: every training face for --epochs epochs."""
+    return int(((part["role"] == "train") & ~part["forgotten"]).sum()) * cfg.epochs
+
+
+def expected_cost(part: pd.DataFrame, cfg: RunConfig) -> dict:
+    """Expected faces x epochs to serve one request drawn from the likelihood model."""
+    costs = stage_costs(part, cfg)
+    train = part[(part["role"] == "train") & ~part["forgotten"]]
+    w = request_probability(train["knowledge"].to_numpy(), train["high_likelihood"].to_numpy())
+    w = w / w.sum()
+    tail = np.cumsum(costs[:, ::-1], axis=1)[:, ::-1]          # (S, R): cost of retraining from slice l on
+    per_face = tail[train["shard"].to_numpy(int), train["slice"].to_numpy(int)]
+    full, base = int(costs.sum()), baseline_cost(part, cfg)
+    exp_cost = float(w @ per_face)
+    return {"expected_faces_x_epochs": exp_cost, "full_faces_x_epochs": full, "baseline_faces_x_epochs": base,
+            "expected_share_of_full": exp_cost / full, "expected_share_of_baseline": exp_cost / base,
+            "speedup_vs_full": full / exp_cost, "speedup_vs_baseline": base / exp_cost}
+
+
+# ---- the pending request and its commit ---------------------------------------------------------
+def finish_pending(layout: RunLayout) -> str | None:
+    """Roll a committed but unfinished request forward; returns the face, or None if nothing was due."""
+    commit_path = layout.pending_dir / "commit.json"
+    if not commit_path.exists():
+        return None
+    commit = read_json(commit_path)
+    fold, face, record = commit["fold"], commit["face"], commit["record"]
+    part = read_partition(layout.partition(fold))
+    if not part.loc[part["filename"] == face, "forgotten"].all():
+        part.loc[part["filename"] == face, "forgotten"] = True
+        write_bytes(layout.partition(fold), write_partition_csv(part))
+    _fault("after_partition")
+    if record["request_id"] not in {r.get("request_id") for r in read_jsonl(layout.unlearning_log)}:
+        append_line(layout.unlearning_log, json.dumps(record))
+    for s, first in [(record["shard"], record["slice"])]:
+        for l in range(first, read_json(layout.config)["num_slices"]):
+            src, dst = layout.pending_checkpoint(fold, s, l), layout.checkpoint(fold, s, l)
+            if src.exists():
+                checkpoints.sidecar(dst).unlink(missing_ok=True)   # never let the old record vouch for new bytes
+                os.replace(src, dst)
+                _fault("mid_move")
+            if checkpoints.sidecar(src).exists():
+                os.replace(checkpoints.sidecar(src), checkpoints.sidecar(dst))
+    shutil.rmtree(layout.pending_dir)
+    return face
+
+
+# ---- requests ----------------------------------------------------------------------------------
+def locate(part: pd.DataFrame, face: str) -> tuple[str, int | None, int | None]:
+    """('train' | 'test' | 'forgotten' | 'absent', shard, slice) of a face in a fold's partition."""
+    hit = part[part["filename"] == face]
+    if hit.empty:
+        return "absent", None, None
+    row = hit.iloc[0]
+    if row["role"] == "test":
+        return "test", None, None
+    return ("forgotten" if row["forgotten"] else "train"), int(row["shard"]), int(row["slice"])
+
+
+def sample_requests(part: pd.DataFrame, n: int, seed: int, fold: int) -> list[str]:
+    """n distinct training faces, each drawn with weight equal to its request probability."""
+    train = part[(part["role"] == "train") & ~part["forgotten"]]
+    if n > len(train):
+        raise SisaError(f"--sample {n} is more than the {len(train)} training faces left in fold {fold}")
+    p = request_probability(train["knowledge"].to_numpy(), train["high_likelihood"].to_numpy())
+    pick = rng(seed, "requests", fold, int(part["forgotten"].sum())).choice(len(train), size=n, replace=False,
+                                                                           p=p / p.sum())
+    return train["filename"].to_numpy()[pick].astype(str).tolist()
+
+
+def read_requests(path) -> list[str]:
+    try:
+        names = [l.strip() for l in open(path).read().splitlines() if l.strip() and not l.startswith("#")]
+    except OSError as e:
+        raise SisaError(f"cannot read request file {path}: {e.strerror}") from e
+    if not names:
+        raise SisaError(f"request file {path} lists no faces; put one face file name per line")
+    return [os.path.basename(n) for n in dict.fromkeys(names)]
+
+
+def serve(exp: Experiment, trainer, fold: int, face: str) -> dict:
+    """Forget one training face of one fold (see the module docstring); returns its log record."""
+    layout, cfg = exp.layout, exp.cfg
+    part = exp.partitions[fold]
+    _, shard, first = locate(part, face)
+    t0 = time.perf_counter()
+    new_part = part.copy()
+    new_part.loc[new_part["filename"] == face, "forgotten"] = True
+    exp.partitions[fold] = new_part        # stage hashes now exclude the face
+    try:
+        request = {"fold": fold, "face": face}
+        req_path = layout.pending_dir / "request.json"
+        if req_path.exists() and read_json(req_path) != request:
+            shutil.rmtree(layout.pending_dir)                  # another request's leftovers: not reusable
+        write_json(req_path, request)
+        # resume inside pending/ after a crash: skip the stages already retrained for this request
+        start = first
+        from .training import stage_hash
+        while start < cfg.num_slices and checkpoints.status(layout.pending_checkpoint(fold, shard, start),
+                                                            stage_hash(exp, fold, shard, start)[1]).state == "ok":
+            start += 1
+        if start < cfg.num_slices:
+            start_path = layout.pending_checkpoint(fold, shard, start - 1) if start > first else None
+            trainer.run_shard(fold, shard, start, start_path=start_path, out_path=layout.pending_checkpoint,
+                              metrics_path=layout.unlearning_dir / "metrics.jsonl")
+        after = stage_costs(new_part, cfg)
+        cost = int(after[shard, first:].sum())
+        trained_s = sum(checkpoints.status(layout.checkpoint(fold, s, l)).record.get("train_seconds", 0)
+                        for s in range(cfg.num_shards) for l in range(cfg.num_slices))
+        record = {"request_id": f"r{len(read_jsonl(layout.unlearning_log)) + 1:05d}",
+                  "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "face": face,
+                  "fold": fold, "shard": shard, "slice": first, "stages_retrained": list(range(first, cfg.num_slices)),
+                  "faces_x_epochs": cost, "full_faces_x_epochs": int(after.sum()),
+                  "baseline_faces_x_epochs": baseline_cost(new_part, cfg),
+                  "share_of_full": cost / after.sum(), "speedup_vs_full": after.sum() / max(cost, 1),
+                  "speedup_vs_baseline": baseline_cost(new_part, cfg) / max(cost, 1),
+                  "wall_seconds": time.perf_counter() - t0, "full_training_seconds_recorded": trained_s}
+        write_json(layout.pending_dir / "commit.json", {"fold": fold, "face": face, "record": record})
+    except BaseException:
+        exp.partitions[fold] = part        # nothing committed: the run is as it was
+        raise
+    _fault("after_commit")
+    finish_pending(layout)
+    return record
+
+
+# ---- proof -------------------------------------------------------------------------------------
+def verify(exp: Experiment) -> list[dict]:
+    """Per fold and shard: is every checkpoint in use trained on exactly the faces the partition allows?"""
+    from .training import stage_hash
+    rows = []
+    for fold, part in enumerate(exp.partitions):
+        for shard in range(exp.cfg.num_shards):
+            forgotten = int((part["forgotten"] & (part["shard"] == shard)).sum())
+            bad = []
+            for l in range(exp.cfg.num_slices):
+                st = checkpoints.status(exp.layout.checkpoint(fold, shard, l), stage_hash(exp, fold, shard, l)[1])
+                if st.state != "ok":
+                    bad.append(f"slice {l} {st.state}: {st.why}")
+            rows.append({"fold": fold, "shard": shard, "forgotten": forgotten, "ok": not bad,
+                         "detail": "; ".join(bad) or f"all {exp.cfg.num_slices} checkpoints trained on exactly the "
+                                                     "faces the partition allows"})
+    return rows
+
+
+def cost_report(exps: list[Experiment], gaps: dict[str, float]) -> pd.DataFrame:
+    """Per run: expected cost of a request (likelihood model), measured cost of served ones, fairness gap."""
+    rows = []
+    for exp in exps:
+        cfg = exp.cfg
+        expected = [expected_cost(p, cfg) for p in exp.partitions]
+        log = pd.DataFrame(read_jsonl(exp.layout.unlearning_log))
+        rows.append({"run": cfg.name, "strategy": cfg.strategy, "put_in": cfg.put_in,
+                     "shards_x_slices": f"{cfg.num_shards}x{cfg.num_slices}",
+                     "expected_cost_share": np.mean([e["expected_share_of_full"] for e in expected]),
+                     "expected_speedup_vs_full": np.mean([e["speedup_vs_full"] for e in expected]),
+                     "expected_speedup_vs_baseline": np.mean([e["speedup_vs_baseline"] for e in expected]),
+                     "requests_served": len(log),
+                     "measured_cost_share": log["share_of_full"].mean() if len(log) else np.nan,
+                     "measured_wall_seconds": log["wall_seconds"].mean() if len(log) else np.nan,
+                     "gap": gaps.get(cfg.name, np.nan)})
+    return pd.DataFrame(rows)

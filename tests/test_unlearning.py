@@ -1,0 +1,192 @@
+"""Unlearning on tiny real runs: the right stages retrained, exactness, crash consistency, proof, cost."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from helpers import error_line, run_script
+from sisa import checkpoints
+from sisa.config import RunConfig
+from sisa.experiment import Options, open_run, prepare
+from sisa.layout import PROJECT_ROOT, RunLayout
+from sisa.partition import read_partition, write_partition_csv
+from sisa.store import read_jsonl
+from sisa.training import train_run
+from sisa.unlearning import expected_cost, stage_costs
+
+TINY = dict(num_shards=2, num_slices=3, folds=1, epochs=1, image_size=24, model="cnn", test_per_cell=2,
+            test_random=10, strategy="sorted-balanced", put_in="slice")
+NAME = "sorted-balanced-slice-2x3"
+
+
+@pytest.fixture(scope="module")
+def trained(faces_dir, cache_dir, tmp_path_factory):
+    ck = tmp_path_factory.mktemp("trained")
+    exp = prepare(RunConfig(**TINY), Options(data_dir=faces_dir, cache_dir=cache_dir, checkpoints_dir=ck, progress=False))
+    train_run(exp, Options(progress=False, device="cpu"))
+    return ck
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    """A private copy of the trained run (tests change it)."""
+    shutil.copytree(trained / NAME, tmp_path / NAME)
+    return tmp_path / NAME
+
+
+def unlearn(run, *args, check=True, env=None):
+    if env:   # a fault-injection run: its exit status is the test's business
+        return subprocess.run([sys.executable, "unlearn.py", "--run_dir", str(run), *map(str, args), "--no_progress"],
+                              capture_output=True, text=True, env={**os.environ, **env}, cwd=PROJECT_ROOT)
+    return run_script("unlearn.py", "--run_dir", run, *args, check=check)
+
+
+def digests(run):
+    return {p.relative_to(run).as_posix(): checkpoints.status(p).record["digest"]
+            for p in sorted(run.glob("fold-*/shard-*/slice-*.pt"))}
+
+
+def train_face(run, shard, slice_):
+    part = read_partition(run / "fold-0" / "partition.csv")
+    rows = part[(part["role"] == "train") & (part["shard"] == shard) & (part["slice"] == slice_)]
+    return rows["filename"].iloc[0]
+
+
+def test_only_the_affected_shard_from_the_affected_slice_is_retrained(run, tmp_path):
+    face = train_face(run, 1, 1)
+    before = digests(run)
+    (tmp_path / "req.txt").write_text(face + "\n")
+    out = unlearn(run, "--requests", tmp_path / "req.txt").stdout
+    assert f"forgot {face} (shard 1, slice 1): retrained 2 stage(s)" in out
+    after = digests(run)
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == {"fold-0/shard-1/slice-1.pt", "fold-0/shard-1/slice-2.pt"}
+    part = read_partition(run / "fold-0" / "partition.csv")
+    assert part.loc[part["filename"] == face, "forgotten"].item() and part["forgotten"].sum() == 1
+    (rec,) = read_jsonl(run / "unlearning" / "log.jsonl")
+    costs = stage_costs(part, RunConfig(**TINY))
+    assert rec["face"] == face and rec["shard"] == 1 and rec["slice"] == 1 and rec["stages_retrained"] == [1, 2]
+    assert rec["faces_x_epochs"] == costs[1, 1:].sum() and rec["full_faces_x_epochs"] == costs.sum()
+    assert rec["wall_seconds"] > 0 and not (run / "unlearning" / "pending").exists()
+    assert "verified" in unlearn(run, "--verify").stdout
+
+
+def test_unlearning_is_exact(run, faces_dir, cache_dir, tmp_path):
+    """The retrained shard equals that shard trained from scratch without the face, same seed."""
+    face = train_face(run, 0, 0)
+    (tmp_path / "req.txt").write_text(face + "\n")
+    unlearn(run, "--requests", tmp_path / "req.txt")
+    # from scratch: the same run folder without checkpoints, the face marked forgotten from the start
+    scratch = tmp_path / "scratch" / NAME
+    scratch.mkdir(parents=True)
+    for f in ("config.json", "run.json", "skipped.csv"):
+        shutil.copy(run / f, scratch / f)
+    (scratch / "fold-0").mkdir()
+    shutil.copy(run / "fold-0" / "partition.csv", scratch / "fold-0" / "partition.csv")
+    exp = open_run(RunLayout(scratch), Options(progress=False), with_images=True)
+    train_run(exp, Options(progress=False, device="cpu"))
+    for s in range(2):
+        a = torch.load(run / "fold-0" / f"shard-{s}" / "slice-2.pt", weights_only=True)["model"]
+        b = torch.load(scratch / "fold-0" / f"shard-{s}" / "slice-2.pt", weights_only=True)["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a), f"shard {s} differs"
+
+
+@pytest.mark.parametrize("fault", ["after_commit", "after_partition", "mid_move"])
+def test_a_crash_after_the_commit_is_rolled_forward(run, fault):
+    proc = unlearn(run, "--sample", 1, env={"SISA_FAULT": fault})
+    assert proc.returncode == 137
+    assert (run / "unlearning" / "pending" / "commit.json").exists()
+    out = unlearn(run, "--verify").stdout                 # any command that opens the run finishes the job
+    assert "finished an interrupted unlearning request" in out and "verified" in out
+    log = read_jsonl(run / "unlearning" / "log.jsonl")
+    part = read_partition(run / "fold-0" / "partition.csv")
+    assert len(log) == 1 and part["forgotten"].sum() == 1
+    assert part.loc[part["forgotten"], "filename"].item() == log[0]["face"]
+
+
+def test_a_kill_during_retraining_leaves_the_run_usable_and_a_rerun_finishes(run):
+    before = digests(run)
+    proc = subprocess.Popen([sys.executable, "unlearn.py", "--run_dir", str(run), "--sample", "2", "--no_progress"],
+                            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    pending = run / "unlearning" / "pending"
+    for _ in range(20000):
+        if list(pending.glob("fold-0/shard-*/slice-*.json")) or proc.poll() is not None:
+            break
+        time.sleep(0.002)
+    proc.kill()
+    proc.wait()
+    log = read_jsonl(run / "unlearning" / "log.jsonl")
+    part = read_partition(run / "fold-0" / "partition.csv")
+    assert len(log) == part["forgotten"].sum()          # log and partition agree, whatever was reached
+    if not log:
+        assert digests(run) == before                   # nothing committed: the run is as it was
+    assert "verified" in unlearn(run, "--verify").stdout
+    if len(log) < 2:
+        unlearn(run, "--sample", 2 - len(log))
+    log = read_jsonl(run / "unlearning" / "log.jsonl")
+    part = read_partition(run / "fold-0" / "partition.csv")
+    assert len(log) == 2 == part["forgotten"].sum() and len({r["request_id"] for r in log}) == 2
+    assert "verified" in unlearn(run, "--verify").stdout
+
+
+def test_verify_fails_on_a_planted_violation(run):
+    part = read_partition(run / "fold-0" / "partition.csv")
+    face = train_face(run, 1, 0)
+    part.loc[part["filename"] == face, "forgotten"] = True     # claimed forgotten, never retrained
+    (run / "fold-0" / "partition.csv").write_bytes(write_partition_csv(part))
+    proc = unlearn(run, "--verify", check=False)
+    assert proc.returncode == 1 and "fold 0 shard 1: VIOLATION" in proc.stdout and "fold 0 shard 0: OK" in proc.stdout
+
+
+def test_expected_cost_on_a_hand_worked_partition():
+    cfg = RunConfig(num_shards=2, num_slices=2, epochs=3, folds=1)
+    # shard 0: slice 0 = a (high), slice 1 = b ; shard 1: slice 0 = c, slice 1 = d (high); e is a test face
+    part = pd.DataFrame({"filename": list("abcde"), "role": ["train"] * 4 + ["test"],
+                         "shard": pd.array([0, 0, 1, 1, None], dtype="Int64"),
+                         "slice": pd.array([0, 1, 0, 1, None], dtype="Int64"),
+                         "knowledge": [0.4] * 5, "high_likelihood": [True, False, False, True, False],
+                         "forgotten": [False] * 5})
+    assert stage_costs(part, cfg).tolist() == [[3, 6], [3, 6]]        # stage l has l+1 faces, 3 epochs
+    lo = 0.001 * 0.4 * 0.34 / (1 - 0.66 * 0.4)                           # P(request | low, k=.4)
+    w = np.array([0.001, lo, lo, 0.001]) / (2 * 0.001 + 2 * lo)
+    # a in slice 0 -> retrain both stages (9); b, d in slice 1 -> 6; c in slice 0 -> 9
+    e = expected_cost(part, cfg)
+    assert e["expected_faces_x_epochs"] == pytest.approx(w @ [9, 6, 9, 6])
+    assert e["full_faces_x_epochs"] == 18 and e["baseline_faces_x_epochs"] == 12
+    assert e["speedup_vs_full"] == pytest.approx(18 / (w @ [9, 6, 9, 6]))
+
+
+def test_cost_command_and_evaluate_after_unlearning(run, tmp_path):
+    out = unlearn(run, "--cost").stdout
+    assert "expected retraining per request" in out and "x faster" in out
+    unlearn(run, "--sample", 2)
+    sums = tmp_path / "s"
+    run_script("evaluate.py", "--run_dir", run, "--summaries_dir", sums, "--n_boot", 100)
+    info = json.loads((sums / f"{NAME}-unlearned2-info.json").read_text())
+    assert info["unlearning_requests_served"] == 2 and info["faces_forgotten"] == {"fold-0": 2}
+
+
+def test_bad_requests_change_nothing(run, tmp_path):
+    before = (run / "fold-0" / "partition.csv").read_bytes()
+    (tmp_path / "empty.txt").write_text("\n")
+    assert "lists no faces" in error_line(unlearn(run, "--requests", tmp_path / "empty.txt", check=False))
+    (tmp_path / "unknown.txt").write_text("99_0_0_20990101.jpg.chip.jpg\n")
+    assert "not in run" in error_line(unlearn(run, "--requests", tmp_path / "unknown.txt", check=False))
+    part = read_partition(run / "fold-0" / "partition.csv")
+    test_face = part.loc[part["role"] == "test", "filename"].iloc[0]
+    (tmp_path / "test.txt").write_text(test_face + "\n")
+    proc = unlearn(run, "--requests", tmp_path / "test.txt", check=False)
+    assert "test face in this fold" in proc.stdout and "nothing to unlearn" in error_line(proc)
+    assert "--fold 3 does not exist" in error_line(unlearn(run, "--sample", 1, "--fold", 3, check=False))
+    for suffix in (".pt", ".json"):
+        (run / "fold-0" / "shard-0" / f"slice-2{suffix}").unlink()
+    assert "not fully trained" in error_line(unlearn(run, "--sample", 1, check=False))
+    assert (run / "fold-0" / "partition.csv").read_bytes() == before and not (run / "unlearning" / "log.jsonl").exists()

@@ -1,0 +1,161 @@
+"""Serve unlearning requests on a trained SISA run, prove they are forgotten, and measure the cost.
+
+    python3 unlearn.py --run_dir sorted-balanced-slice-5x3 --sample 5         # 5 requests per fold, drawn by likelihood
+    python3 unlearn.py --run_dir sorted-balanced-slice-5x3 --requests faces.txt --fold 0
+    python3 unlearn.py --run_dir sorted-balanced-slice-5x3 --verify           # no checkpoint saw a forgotten face?
+    python3 unlearn.py --run_dir sorted-balanced-slice-5x3 --cost             # expected cost of one request, no training
+    python3 unlearn.py --report random-balanced-slice-5x3 sorted-balanced-shard-5x3 sorted-balanced-slice-5x3
+
+Each request retrains only the affected shard from the affected slice on; the run's
+unlearning/log.jsonl records it, and the partition files mark the face as forgotten. Afterwards,
+evaluate.py writes summaries named <run>-unlearned<N>, to --compare with the run before.
+"""
+from sisa.cli import Parser, add_option_args, add_summaries_arg, count, existing_file, options_from_args, positive_int, run_main
+
+
+def get_args_parser() -> Parser:
+    p = Parser(description=__doc__.split("\n")[0], epilog="See README.md, 'Unlearning'.")
+    p.add_argument("--run_dir", help="the run: a name under --checkpoints_dir or the path of its folder")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--requests", type=existing_file, metavar="FILE", help="face file names to forget, one a line")
+    what.add_argument("--sample", type=positive_int, metavar="N",
+                      help="forget N training faces per fold, drawn with probability proportional to their request likelihood")
+    what.add_argument("--verify", action="store_true", help="check every checkpoint in use against the forgotten faces")
+    what.add_argument("--cost", action="store_true", help="expected retraining cost of one request, from the partition alone")
+    what.add_argument("--report", nargs="+", metavar="RUN", help="table and figure of cost and fairness across runs")
+    p.add_argument("--fold", type=count, default=None, help="only this fold (default: every fold)")
+    p.add_argument("--seed", type=count, default=0, help="seed of --sample's draw (default 0)")
+    p.add_argument("--out", default="unlearning-report", help="--report: file stem in --summaries_dir (default unlearning-report)")
+    p.add_argument("--overwrite", action="store_true", help="--report: replace an existing report")
+    add_summaries_arg(p)
+    add_option_args(p, new_run=False)
+    return p
+
+
+def main() -> int:
+    args = get_args_parser().parse_args()
+    from sisa import unlearning
+    from sisa.errors import SisaError
+    from sisa.experiment import open_run
+    from sisa.layout import run_layout
+    from sisa.store import run_lock
+
+    opts = options_from_args(args)
+    if args.report:
+        return report(args, opts)
+    if not args.run_dir:
+        raise SisaError("--run_dir is required (the run to unlearn from)")
+    layout = run_layout(args.run_dir, args.checkpoints_dir)
+    with run_lock(layout.lock, "unlearn.py"):
+        exp = open_run(layout, opts, with_images=False)
+        folds = range(exp.cfg.folds) if args.fold is None else [args.fold]
+        if args.fold is not None and args.fold >= exp.cfg.folds:
+            raise SisaError(f"--fold {args.fold} does not exist: run {exp.cfg.name} has folds 0..{exp.cfg.folds - 1}")
+        if args.verify:
+            rows = unlearning.verify(exp)
+            for r in rows:
+                if args.fold is None or r["fold"] == args.fold:
+                    print(f"fold {r['fold']} shard {r['shard']}: {'OK' if r['ok'] else 'VIOLATION'} "
+                          f"({r['forgotten']} forgotten face(s)): {r['detail']}")
+            bad = [r for r in rows if not r["ok"] and (args.fold is None or r["fold"] == args.fold)]
+            print("verified: no checkpoint in use was trained on a forgotten face" if not bad else
+                  f"{len(bad)} shard(s) fail verification: retrain them with train.py (same command as the run)")
+            return 1 if bad else 0
+        if args.cost:
+            for k in folds:
+                e = unlearning.expected_cost(exp.partitions[k], exp.cfg)
+                print(f"fold {k}: expected retraining per request {e['expected_faces_x_epochs']:,.0f} faces x epochs = "
+                      f"{100 * e['expected_share_of_full']:.1f}% of retraining all shards ({e['speedup_vs_full']:.2f}x faster), "
+                      f"{e['speedup_vs_baseline']:.2f}x faster than retraining the 1x1 baseline")
+            return 0
+        return serve_all(args, exp, folds, opts)
+
+
+def serve_all(args, exp, folds, opts) -> int:
+    from sisa import unlearning
+    from sisa.errors import SisaError
+    from sisa.evaluation import fold_problems
+    from sisa.experiment import open_run
+    from sisa.training import Trainer
+
+    problems = {f: p for f, p in fold_problems(exp).items() if p and f in folds}
+    if problems:
+        raise SisaError(f"run {exp.cfg.name} is not fully trained ({'; '.join(f'fold {f}: {p[0]}' for f, p in problems.items())}); "
+                        "finish it with train.py before unlearning")
+    plan = {}
+    if args.requests:
+        names = unlearning.read_requests(args.requests)
+        known = set().union(*(set(p["filename"]) for p in exp.partitions))
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise SisaError(f"{len(unknown)} requested face(s) are not in run {exp.cfg.name}, e.g. {unknown[0]}; "
+                            "check the names (file names as in the data folder)")
+        for k in folds:
+            todo = []
+            for n in names:
+                state, shard, slice_ = unlearning.locate(exp.partitions[k], n)
+                if state == "train":
+                    todo.append(n)
+                else:
+                    why = {"test": "is a test face in this fold: never trained on, nothing to forget",
+                           "forgotten": "is already forgotten", "absent": "is not in this fold"}[state]
+                    print(f"fold {k}: {n} {why}")
+            plan[k] = todo
+    else:
+        plan = {k: unlearning.sample_requests(exp.partitions[k], args.sample, args.seed, k) for k in folds}
+    if not any(plan.values()):
+        raise SisaError("nothing to unlearn: every requested face is a test face, already forgotten or absent")
+    exp = open_run(exp.layout, opts, with_images=True)
+    trainer = Trainer(exp, opts)
+    records = []
+    for k, names in plan.items():
+        for n in names:
+            r = unlearning.serve(exp, trainer, k, n)
+            records.append(r)
+            print(f"fold {k}: forgot {n} (shard {r['shard']}, slice {r['slice']}): retrained {len(r['stages_retrained'])} "
+                  f"stage(s), {r['faces_x_epochs']:,} faces x epochs = {100 * r['share_of_full']:.1f}% of retraining all shards "
+                  f"({r['speedup_vs_full']:.2f}x faster; {r['speedup_vs_baseline']:.2f}x faster than the 1x1 baseline), "
+                  f"{r['wall_seconds']:.1f} s")
+    cost = sum(r["faces_x_epochs"] for r in records)
+    full = sum(r["full_faces_x_epochs"] for r in records)
+    base = sum(r["baseline_faces_x_epochs"] for r in records)
+    wall = sum(r["wall_seconds"] for r in records)
+    trained = sum(r["full_training_seconds_recorded"] for r in records)
+    print(f"served {len(records)} request(s): {cost:,} faces x epochs retrained, versus {full:,} for retraining all shards "
+          f"each time ({full / max(cost, 1):.2f}x) and {base:,} for the 1x1 baseline ({base / max(cost, 1):.2f}x); "
+          f"{wall:.1f} s of wall time versus {trained:.1f} s the full trainings took ({trained / max(wall, 1e-9):.2f}x)")
+    print(f"log: {exp.layout.unlearning_log}; check with: python3 unlearn.py --run_dir {exp.cfg.name} --verify")
+    return 0
+
+
+def report(args, opts) -> int:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from sisa import plots, unlearning
+    from sisa.errors import SisaError
+    from sisa.experiment import open_run
+    from sisa.layout import run_layout
+    from sisa.store import write_text
+
+    out = Path(args.summaries_dir) / args.out
+    csv, png = out.with_name(out.name + ".csv"), out.with_name(out.name + ".png")
+    if (csv.exists() or png.exists()) and not args.overwrite:
+        raise SisaError(f"{csv} exists; pass --overwrite to replace it or --out for another name")
+    exps = [open_run(run_layout(r, args.checkpoints_dir), opts, with_images=False) for r in args.report]
+    gaps = {}
+    for e in exps:
+        f = Path(args.summaries_dir) / f"{e.cfg.name}-fairness.csv"
+        if f.exists():
+            gaps[e.cfg.name] = float(pd.read_csv(f, index_col=0).loc["gap (best - worst)", "value"])
+    table = unlearning.cost_report(exps, gaps)
+    write_text(csv, table.to_csv(index=False))
+    plots.cost_chart(table, png)
+    print(table.round(4).to_string(index=False))
+    print(f"wrote {csv} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main, "unlearn.py")
