@@ -75,8 +75,6 @@ def serve_all(args, exp, folds, opts) -> int:
     from sisa import unlearning
     from sisa.errors import SisaError
     from sisa.evaluation import fold_problems
-    from sisa.experiment import open_run
-    from sisa.training import Trainer
 
     problems = {f: p for f, p in fold_problems(exp).items() if p and f in folds}
     if problems:
@@ -105,17 +103,13 @@ def serve_all(args, exp, folds, opts) -> int:
         plan = {k: unlearning.sample_requests(exp.partitions[k], args.sample, args.seed, k) for k in folds}
     if not any(plan.values()):
         raise SisaError("nothing to unlearn: every requested face is a test face, already forgotten or absent")
-    exp = open_run(exp.layout, opts, with_images=True)
-    trainer = Trainer(exp, opts)
     records = []
-    for k, names in plan.items():
-        for n in names:
-            r = unlearning.serve(exp, trainer, k, n)
-            records.append(r)
-            print(f"fold {k}: forgot {n} (shard {r['shard']}, slice {r['slice']}): retrained {len(r['stages_retrained'])} "
-                  f"stage(s), {r['faces_x_epochs']:,} faces x epochs = {100 * r['share_of_full']:.1f}% of retraining all shards "
-                  f"({r['speedup_vs_full']:.2f}x faster; {r['speedup_vs_baseline']:.2f}x faster than the 1x1 baseline), "
-                  f"{r['wall_seconds']:.1f} s")
+    for k, n, r in unlearning.serve_plan(exp.layout, opts, plan):
+        records.append(r)
+        print(f"fold {k}: forgot {n} (shard {r['shard']}, slice {r['slice']}): retrained {len(r['stages_retrained'])} "
+              f"stage(s), {r['faces_x_epochs']:,} faces x epochs = {100 * r['share_of_full']:.1f}% of retraining all shards "
+              f"({r['speedup_vs_full']:.2f}x faster; {r['speedup_vs_baseline']:.2f}x faster than the 1x1 baseline), "
+              f"{r['wall_seconds']:.1f} s")
     cost = sum(r["faces_x_epochs"] for r in records)
     full = sum(r["full_faces_x_epochs"] for r in records)
     base = sum(r["baseline_faces_x_epochs"] for r in records)

@@ -75,8 +75,10 @@ class Faces:
     fingerprint: str           # hash of the usable file list and image size (identifies the data)
 
 
-def scan_folder(folder: Path) -> tuple[list[tuple[str, tuple[int, int, int]]], list[tuple[str, str]]]:
-    """Split a folder's entries into labelled candidates and skipped entries (with reasons)."""
+def scan_folder(folder: Path, stats: dict | None = None) -> tuple[list[tuple[str, tuple[int, int, int]]],
+                                                                   list[tuple[str, str]]]:
+    """Split a folder's entries into labelled candidates and skipped entries (with reasons).
+    `stats`, if given, receives name -> 'size<TAB>mtime_ns' of every candidate (for the cache key)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SisaError(f"data folder {folder} does not exist or is not a folder; {GET_DATA}")
@@ -93,6 +95,9 @@ def scan_folder(folder: Path) -> tuple[list[tuple[str, tuple[int, int, int]]], l
             skipped.append((entry.name, labels))
         else:
             candidates.append((entry.name, labels))
+            if stats is not None:
+                st = entry.stat()
+                stats[entry.name] = f"{st.st_size}\t{st.st_mtime_ns}"
     return candidates, skipped
 
 
@@ -112,12 +117,9 @@ def _decode(args: tuple[str, int]) -> np.ndarray | str:
         return f"unreadable image: {type(e).__name__}: {e}"
 
 
-def _cache_key(folder: Path, names: list[str], size: int) -> str:
-    stats = []
-    for n in names:
-        st = (folder / n).stat()
-        stats.append(f"{n}\t{st.st_size}\t{st.st_mtime_ns}")
-    return sha256_bytes(f"v{CACHE_VERSION}\n{size}\n".encode() + "\n".join(stats).encode())[:20]
+def _cache_key(names: list[str], stats: dict[str, str], size: int) -> str:
+    lines = "\n".join(f"{n}\t{stats[n]}" for n in names)
+    return sha256_bytes(f"v{CACHE_VERSION}\n{size}\n{lines}".encode())[:20]
 
 
 def _read_cache(cache: Path, names: list[str]) -> tuple[np.ndarray, dict] | None:
@@ -184,7 +186,8 @@ def load_faces(folder: Path, image_size: int, cache_dir: Path, strict: bool = Fa
                progress: bool = True, workers: int | None = None) -> Faces:
     """All usable faces of `folder`, decoded at `image_size` (through the cache)."""
     folder = Path(folder).resolve()
-    candidates, skipped = scan_folder(folder)
+    stats: dict[str, str] = {}
+    candidates, skipped = scan_folder(folder, stats)
     if strict:
         fatal = [(n, r) for n, r in skipped if not r.startswith("excluded")]
         if fatal:
@@ -194,7 +197,7 @@ def load_faces(folder: Path, image_size: int, cache_dir: Path, strict: bool = Fa
         raise SisaError(f"no usable face images in {folder} (files must be named "
                         f"age_gender_race_datetime.jpg); {GET_DATA}")
     names = [n for n, _ in candidates]
-    cache = Path(cache_dir) / f"utkface-{image_size}px-{_cache_key(folder, names, image_size)}"
+    cache = Path(cache_dir) / f"utkface-{image_size}px-{_cache_key(names, stats, image_size)}"
     cached = _read_cache(cache, names)
     images, index = cached if cached is not None else _build_cache(
         folder, names, image_size, cache, progress, workers)
@@ -206,10 +209,10 @@ def load_faces(folder: Path, image_size: int, cache_dir: Path, strict: bool = Fa
         name, reason = index["unreadable"][0]
         raise SisaError(f"--strict_data: {name} is {reason}; replace the file or drop --strict_data")
     labels = dict(candidates)
-    rows = [(n, *labels[n], age_class(labels[n][0])) for n in index["names"]]
-    if not rows:
+    if not index["names"]:
         raise SisaError(f"no readable face images in {folder}; {GET_DATA}")
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame([(n, *labels[n]) for n in index["names"]], columns=COLUMNS[:4])
+    table["age_class"] = np.searchsorted(AGE_BOUNDS, table["age"].to_numpy(), side="left")
     skipped_df = pd.DataFrame(sorted(skipped), columns=["filename", "reason"])
     fingerprint = sha256_bytes(f"{image_size}\n{index['digest']}\n".encode()
                                + "\n".join(index["names"]).encode())[:20]

@@ -53,8 +53,8 @@ def _test_rows(exp: Experiment, fold: int) -> np.ndarray:
 @torch.no_grad()
 def shard_logits(exp: Experiment, fold: int, device: torch.device) -> np.ndarray:
     """(S, n_test, 7) logits of every shard's final model on the fold's test faces."""
-    rows = torch.as_tensor(_test_rows(exp, fold))
-    images = torch.from_numpy(np.ascontiguousarray(exp.images))
+    images = torch.from_numpy(exp.images[_test_rows(exp, fold)]).to(device)   # (n_test, H, W, 3): a copy
+    batches = torch.arange(len(images), device=device).split(EVAL_BATCH)
     out = []
     for shard in range(exp.cfg.num_shards):
         path = exp.layout.checkpoint(fold, shard, exp.cfg.num_slices - 1)
@@ -63,9 +63,9 @@ def shard_logits(exp: Experiment, fold: int, device: torch.device) -> np.ndarray
         model.load_state_dict(ck["model"])
         model = model.to(device, memory_format=torch.channels_last).eval()
         chunks = []
-        for idx in rows.split(EVAL_BATCH):
+        for idx in batches:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                chunks.append(model(to_input(images[idx].to(device))).float().cpu())
+                chunks.append(model(to_input(images[idx])).float().cpu())
         out.append(torch.cat(chunks).numpy())
     return np.stack(out)
 

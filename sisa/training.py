@@ -13,7 +13,6 @@ retrained after unlearning, follow exactly the path an uninterrupted run from sc
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -31,7 +30,6 @@ from .augment import augment, to_input
 from .config import RunConfig
 from .errors import SisaError
 from .experiment import Experiment, Options
-from .layout import RunLayout
 from .model import build_model, trainable_parameters
 from .partition import stage_rows
 from .seeding import torch_seed
@@ -125,13 +123,29 @@ def batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
     return cuts
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on a batch (B, 3, H, W) -> (loss, logits (B, 7))."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=LABEL_SMOOTHING)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
 class Trainer:
     """Trains stages on one device; holds the run's images and labels there once."""
 
     def __init__(self, exp: Experiment, opts: Options, bar: tqdm | None = None, logger=None):
         self.exp, self.cfg = exp, exp.cfg
         self.device = resolve_device(opts.device)
-        self.images = torch.from_numpy(exp.images).to(self.device)                 # (N, H, W, 3) uint8
+        with warnings.catch_warnings():   # the cache is a read-only memory map: shared, never written
+            warnings.simplefilter("ignore", UserWarning)
+            self.images = torch.from_numpy(exp.images).to(self.device)             # (N, H, W, 3) uint8
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True   # fixed shapes: let cuDNN pick its fastest kernels
         self.labels = torch.tensor(exp.table["age_class"].to_numpy(dtype=np.int64), device=self.device)  # (N,)
         self.bar, self.logger = bar, logger
         self.amp = self.device.type == "cuda"   # bf16 autocast on GPUs; CPU stays fp32 (exact, reproducible)
@@ -156,16 +170,13 @@ class Trainer:
             t0, lr = time.perf_counter(), sched.get_last_lr()[0]
             loss_sum = torch.zeros((), device=dev)
             correct = torch.zeros((), device=dev, dtype=torch.long)
-            for batch in batches(len(rows), cfg.batch_size, order_gen):
-                idx = rows_t[batch.to(dev)]
+            cuts = batches(len(rows), cfg.batch_size, order_gen)
+            # one host-to-device copy per epoch: a copy per batch would make the host wait for the GPU
+            order = rows_t[torch.cat(cuts).to(dev)].split([len(c) for c in cuts])
+            for idx in order:
                 x = augment(self.images[idx], aug_gen) if cfg.augment else to_input(self.images[idx])
                 y = self.labels[idx]
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp):
-                    logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=LABEL_SMOOTHING)
-                state.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                state.optimizer.step()
+                loss, logits = train_step(model, state.optimizer, x, y, self.amp)
                 loss_sum += loss.detach() * len(idx)     # no .item() per batch: no host sync
                 correct += (logits.argmax(1) == y).sum()
                 if self.bar is not None:

@@ -176,6 +176,18 @@ def serve(exp: Experiment, trainer, fold: int, face: str) -> dict:
     return record
 
 
+def serve_plan(layout: RunLayout, opts: Options, plan: dict[int, list[str]]):
+    """Serve {fold: [faces]} one request at a time; yields (fold, face, log record) as each is committed."""
+    from .experiment import open_run
+    from .training import Trainer
+
+    exp = open_run(layout, opts, with_images=True)
+    trainer = Trainer(exp, opts)
+    for fold, names in plan.items():
+        for face in names:
+            yield fold, face, serve(exp, trainer, fold, face)
+
+
 # ---- proof -------------------------------------------------------------------------------------
 def verify(exp: Experiment) -> list[dict]:
     """Per fold and shard: is every checkpoint in use trained on exactly the faces the partition allows?"""

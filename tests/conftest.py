@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sisa.data import AGE_CLASSES, RACES, age_class, parse_name
+from sisa.data import age_class, parse_name
 from sisa.layout import PROJECT_ROOT
 
 KNOWN_BAD = ["39_1_20170116174525125.jpg.chip.jpg",        # no race field

@@ -1,7 +1,6 @@
 """Labels from file names, skipping bad files, and the decoded-image cache (real UTKFace images)."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest

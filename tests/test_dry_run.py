@@ -1,6 +1,5 @@
 """train.py --dry_run: the run folder it writes, and its errors, on real faces."""
 import json
-import os
 
 import pandas as pd
 import pytest
