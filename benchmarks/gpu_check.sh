@@ -45,7 +45,7 @@ for name in ("resnet18", "cnn"):
 PY
 
 stamp "pipeline benchmark"
-python3 benchmarks/pipeline.py --device cuda --data_dir data/utk128 --cache_dir data/cache --sizes 200 128 \
+python3 benchmarks/pipeline.py --device cuda --data_dir data/utk128 --cache_dir data/cache --sizes ${PIPELINE_SIZES:-200 128} \
   --steps 30 --decode_sample 1000 --cache_sizes 128 --out "$OUT/pipeline.json"
 
 stamp "study: one fold of each configuration at 128 px (starts no new configuration after ${STUDY_DEADLINE} s)"
@@ -54,7 +54,7 @@ python3 benchmarks/study.py --configs baseline uniform later-slices few-shards -
   --out "$OUT/study.json" --no_progress
 
 stamp "collecting results"
-tar -czf "$OUT/summaries.tar.gz" summaries-gpu \
+tar -czf "$OUT/summaries.tar.gz" $(ls -d summaries-gpu 2>/dev/null) \
   $(find checkpoints-gpu -name 'config.json' -o -name 'run.json' -o -name 'metrics.jsonl' -o -name 'composition.csv' \
     -o -name 'log.jsonl' -o -name 'slice-*.json' 2>/dev/null)
 stamp "done"

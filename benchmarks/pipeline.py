@@ -192,11 +192,10 @@ def main(argv=None) -> int:
         r["ours_img_per_s"] = ours(dimgs, dlabels, model_name, dev, a.shards, a.batch, steps)
         r["ratio_ours_vs_original"] = r["ours_img_per_s"] / r["original_img_per_s"]
         if cuda:
-            for key, kw in (("graphed", dict(graphed=True)), ("ceiling_one_model_batch", dict(shards=1, batch=a.shards * a.batch))):
+            for key, (shards, batch, graphed) in (("graphed", (a.shards, a.batch, True)),
+                                                  ("ceiling_one_model_batch", (1, a.shards * a.batch, False))):
                 try:
-                    args = dict(shards=a.shards, batch=a.batch, **kw)
-                    r[f"{key}_img_per_s"] = ours(dimgs, dlabels, model_name, dev, args["shards"], args["batch"], steps,
-                                                 graphed=kw.get("graphed", False))
+                    r[f"{key}_img_per_s"] = ours(dimgs, dlabels, model_name, dev, shards, batch, steps, graphed=graphed)
                 except Exception as e:   # experimental levers: record why they failed, keep the rest
                     r[f"{key}_error"] = f"{type(e).__name__}: {e}"[:500]
         res["sizes"][str(size)] = r

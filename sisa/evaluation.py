@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import pickle
 from pathlib import Path
 
@@ -166,7 +167,7 @@ def evaluate_run(layout: RunLayout, opts: Options, summaries_dir: Path, aggregat
             "unlearning_requests_served": sum(int(exp.partitions[f]["forgotten"].sum()) for f in folds),
             "n_boot": n_boot, "config": exp.cfg.to_dict(),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "versions": versions()}
-    tidy_out = tidy.assign(run=out.name)
+    tidy_out = fairness.plain(tidy.assign(run=out.name))
     # --- write ----------------------------------------------------------------------------------
     summaries_dir.mkdir(parents=True, exist_ok=True)
     for k, (fold, summary) in enumerate(zip(folds, per_fold), start=1):
@@ -187,13 +188,14 @@ def evaluate_run(layout: RunLayout, opts: Options, summaries_dir: Path, aggregat
 
 
 def load_summary(summaries_dir: Path, name: str) -> tuple[pd.DataFrame, dict, pd.Series]:
+    """Predictions, info and fold-mean top-1 per group of an evaluated summary (from its CSVs)."""
     out = SummaryLayout(Path(summaries_dir), name)
-    if not out.predictions.exists() or not out.info.exists():
+    if not out.predictions.exists() or not out.info.exists() or not out.results_csv.exists():
         raise SisaError(f"no evaluated summaries named {name} in {summaries_dir}; run "
                         f"python3 evaluate.py --run_dir {name} first")
-    import json
-    with open(out.mean, "rb") as f:
-        top1, _ = pickle.load(f)
+    tidy = pd.read_csv(out.results_csv)
+    top1 = tidy[(tidy["model"] == "ensemble") & (tidy["age_class"] == "all") & (tidy["metric"] == "top1")]
+    top1 = top1.groupby("group")["value"].mean()
     return pd.read_csv(out.predictions), json.loads(out.info.read_text()), top1
 
 

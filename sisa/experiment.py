@@ -167,7 +167,8 @@ def open_run(layout: RunLayout, opts: Options, with_images: bool = True) -> Expe
             raise SisaError(f"{layout.partition(k)} is missing; the run folder is incomplete")
         part = read_partition(layout.partition(k))
         if content_hash(part) != manifest["partitions"][f"fold-{k}"]:
-            raise SisaError(f"{layout.partition(k)} was altered (hash mismatch with run.json); restore it")
+            raise SisaError(f"{layout.partition(k)} does not match run.json (altered, or written by another "
+                            "version of this project); restore it or retrain")
         partitions.append(part)
     table = partitions[0][["filename", "age", "gender", "race", "age_class", "knowledge",
                            "high_likelihood", "requests_unlearning"]]

@@ -67,7 +67,12 @@ def tidy_metrics(pred: pd.DataFrame) -> pd.DataFrame:
                 rows += [{**base, "age_class": name, "metric": "top1", "value": a1[c]},
                          {**base, "age_class": name, "metric": "top2", "value": a2[c]},
                          {**base, "age_class": name, "metric": "faces", "value": float(counts[c])}]
-    return pd.DataFrame(rows)
+    return plain(pd.DataFrame(rows))
+
+
+def plain(df: pd.DataFrame) -> pd.DataFrame:
+    """Text columns as Python objects, so a pickle of it loads with any pandas, pyarrow or not."""
+    return df.astype({c: object for c in df.columns if df[c].dtype.kind not in "biufc"})
 
 
 def top2_hits(f: pd.DataFrame) -> np.ndarray:
@@ -83,8 +88,13 @@ def original_summaries(tidy: pd.DataFrame) -> tuple[list[dict], tuple[pd.Series,
     for fold, f in ens.groupby("fold", sort=True):
         v = f.pivot(index="group", columns="metric", values="value")
         per_fold.append({g: (float(v.loc[g, "top1"]), float(v.loc[g, "top2"])) for g in SUMMARY_GROUPS if g in v.index})
-    top1 = pd.Series({g: np.mean([d[g][0] for d in per_fold if g in d]) for g in SUMMARY_GROUPS}, name="top1")
-    top2 = pd.Series({g: np.mean([d[g][1] for d in per_fold if g in d]) for g in SUMMARY_GROUPS}, name="top2")
+    # An object-dtype index: pandas 3 would otherwise pick its string dtype, which some readers'
+    # pandas can only unpickle with pyarrow installed.
+    index = pd.Index(list(SUMMARY_GROUPS), dtype=object)
+    top1 = pd.Series([float(np.mean([d[g][0] for d in per_fold if g in d])) for g in SUMMARY_GROUPS], index=index,
+                     name="top1", dtype=float)
+    top2 = pd.Series([float(np.mean([d[g][1] for d in per_fold if g in d])) for g in SUMMARY_GROUPS], index=index,
+                     name="top2", dtype=float)
     cells = tidy[(tidy["model"] == "ensemble") & (tidy["metric"] == "top1") & (tidy["age_class"] != "all")]
     square = np.full((len(GROUPS), N_CLASSES), np.nan)
     with warnings.catch_warnings():

@@ -164,8 +164,21 @@ def build_partition(table: pd.DataFrame, cfg: RunConfig, fold: int) -> pd.DataFr
 
 
 def content_hash(part: pd.DataFrame) -> str:
-    """Hash of a partition's placement (everything but the `forgotten` column, which unlearning edits)."""
-    return sha256_bytes(part[COLUMNS].to_csv(index=False).encode())
+    """Hash of a partition's placement (everything but the `forgotten` column, which unlearning edits).
+
+    Built from an explicit text form of every value, not from pandas' CSV writer, so the hash does
+    not depend on the pandas version or on the dtypes a reader chose.
+    """
+    def text(col: str) -> list[str]:
+        values = part[col].to_numpy(dtype=object)
+        if col == "knowledge":
+            return [f"{float(v):.12g}" for v in values]   # immune to a last-digit CSV round trip
+        if col in ("high_likelihood", "requests_unlearning"):
+            return ["1" if bool(v) else "0" for v in values]
+        return ["" if pd.isna(v) else str(int(v)) if isinstance(v, (int, np.integer, float)) else str(v)
+                for v in values]
+    rows = zip(*(text(c) for c in COLUMNS))
+    return sha256_bytes("\n".join(",".join(r) for r in rows).encode())
 
 
 def read_partition(path) -> pd.DataFrame:

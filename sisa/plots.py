@@ -46,7 +46,7 @@ def bar_chart(top1: dict[str, pd.Series], decrease: dict[str, pd.Series], path: 
         ax.bar(pos, down, width, color="0.6", label="decrease vs best race" if i == 0 else None)
         ax.bar_label(bars, fmt="%.1f", fontsize=7, rotation=90, padding=2)
         for p, d in zip(pos, down):
-            if np.isfinite(d) and d < 0:
+            if np.isfinite(d) and d < -0.05:
                 ax.text(p, d - 1, f"{d:.1f}", ha="center", va="top", fontsize=7, rotation=90)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, BAR_GROUPS)
