@@ -82,7 +82,9 @@ def load_checkpoint(path: Path, cfg: RunConfig | None = None, stage_hash: str | 
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise SisaError(f"checkpoint {path} cannot be loaded ({type(e).__name__}: {e}); retrain it with train.py") from e
+        first = next((line for line in str(e).splitlines() if line.strip()), "")[:200]
+        raise SisaError(f"checkpoint {path} cannot be loaded ({type(e).__name__}: {first}); retrain it with "
+                        "train.py") from e
     if cfg is not None and ck.get("config") != cfg.to_dict():
         diff = RunConfig.from_dict(ck["config"]).differences(cfg) if isinstance(ck.get("config"), dict) else ["?"]
         raise SisaError(f"checkpoint {path} belongs to another configuration ({'; '.join(diff)}); "

@@ -90,7 +90,7 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
     except OSError as e:
         tmp.unlink(missing_ok=True)
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise SisaError(f"could not write {path}: the disk is full ({e.strerror}); "
+            raise SisaError(f"could not write {path}: no room ({e.strerror}: the disk or a size limit is full); "
                             "the previous version of the file is intact; free space and rerun") from e
         raise
     except BaseException:

@@ -1,0 +1,196 @@
+"""Faults under test: kills at random moments, locks, damaged and hostile files, full disks, bad input."""
+import json
+import os
+import pickle
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from helpers import error_line, run_script
+from sisa import checkpoints
+from sisa.errors import SisaError
+from sisa.layout import PROJECT_ROOT
+from sisa.store import run_lock
+
+FLAGS = ["--num_shards", 2, "--num_slices", 2, "--folds", 1, "--image_size", 32, "--model", "cnn", "--epochs", 2,
+         "--test_per_cell", 2, "--test_random", 10, "--strategy", "sorted-balanced"]
+NAME = "sorted-balanced-slice-2x2"
+
+
+def flags(faces_dir, cache_dir, ck):
+    return [*FLAGS, "--data_dir", faces_dir, "--cache_dir", cache_dir, "--checkpoints_dir", ck]
+
+
+def final(run):
+    return [torch.load(run / "fold-0" / f"shard-{s}" / "slice-1.pt", weights_only=True)["model"] for s in range(2)]
+
+
+def no_torn_checkpoint(run):
+    """Every checkpoint a reader could take (a .pt with its record) verifies; temp files are hidden."""
+    for pt in run.glob("fold-*/shard-*/slice-*.pt"):
+        st = checkpoints.status(pt)
+        assert st.state in ("ok", "incomplete"), (pt, st)
+    for f in run.rglob("*"):
+        assert not (f.name.endswith(".pt") and f.name.startswith(".")) or ".tmp-" in f.name
+
+
+def test_random_sigkills_then_rerun_give_the_uninterrupted_weights(faces_dir, cache_dir, tmp_path):
+    run_script("train.py", *flags(faces_dir, cache_dir, tmp_path / "whole"))
+    ck = tmp_path / "killed"
+    rnd = random.Random(7)
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "train.py"), *map(str, flags(faces_dir, cache_dir, ck)),
+                                 "--no_progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rnd.uniform(2.5, 7.0))       # imports take ~3 s: kills land in set-up, training and writes
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if (ck / NAME).exists():
+            no_torn_checkpoint(ck / NAME)
+    run_script("train.py", *flags(faces_dir, cache_dir, ck))
+    for a, b in zip(final(tmp_path / "whole" / NAME), final(ck / NAME)):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_process_on_the_same_run_is_refused(faces_dir, cache_dir, tmp_path):
+    run = tmp_path / "ck" / NAME
+    with run_lock(run / "LOCK", "a test holding the run"):
+        line = error_line(run_script("train.py", *flags(faces_dir, cache_dir, tmp_path / "ck"), "--dry_run", check=False))
+        assert "is in use by pid" in line and "a test holding the run" in line
+        with pytest.raises(SisaError, match="in use"):
+            with run_lock(run / "LOCK", "another"):
+                pass
+    run_script("train.py", *flags(faces_dir, cache_dir, tmp_path / "ck"), "--dry_run")   # released: fine again
+
+
+def test_truncated_checkpoint_is_detected_and_retrained(faces_dir, cache_dir, tmp_path):
+    run_script("train.py", *flags(faces_dir, cache_dir, tmp_path))
+    pt = tmp_path / NAME / "fold-0" / "shard-0" / "slice-0.pt"
+    pt.write_bytes(pt.read_bytes()[:1000])
+    assert checkpoints.status(pt).state == "damaged"
+    out = run_script("train.py", *flags(faces_dir, cache_dir, tmp_path))
+    assert "damaged" in out.stderr and checkpoints.status(pt).state == "ok"
+
+
+class Boom:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_loading_never_executes_code_from_files(faces_dir, cache_dir, tmp_path):
+    run_script("train.py", *flags(faces_dir, cache_dir, tmp_path))
+    pt = tmp_path / NAME / "fold-0" / "shard-1" / "slice-1.pt"
+    torch.save({"model": Boom()}, pt)           # a hostile file, with a record that vouches for its bytes
+    rec = json.loads(checkpoints.sidecar(pt).read_text())
+    rec.update(digest=checkpoints.file_digest(pt), bytes=pt.stat().st_size)
+    checkpoints.sidecar(pt).write_text(json.dumps(rec))
+    os.chdir(tmp_path)
+    with pytest.raises(SisaError, match="cannot be loaded"):
+        checkpoints.load_checkpoint(pt)
+    assert not (tmp_path / "PWNED").exists()
+    sums = tmp_path / "sums"
+    line = error_line(run_script("evaluate.py", "--run_dir", tmp_path / NAME, "--summaries_dir", sums, check=False))
+    assert "cannot be loaded" in line and not (tmp_path / "PWNED").exists() and not sums.exists()
+    # the summaries hold only plain Python, numpy and pandas objects
+    pt.unlink()
+    run_script("train.py", *flags(faces_dir, cache_dir, tmp_path))     # retrain the hostile checkpoint away
+    run_script("evaluate.py", "--run_dir", tmp_path / NAME, "--summaries_dir", sums, "--n_boot", 50)
+
+    class Strict(pickle.Unpickler):
+        def find_class(self, module, name):
+            if module.split(".")[0] in ("builtins", "numpy", "pandas", "collections", "copyreg", "datetime"):
+                return super().find_class(module, name)
+            raise AssertionError(f"summary pickles must not reference {module}.{name}")
+    for f in sums.glob("*.pickle"):
+        with open(f, "rb") as fh:
+            Strict(fh).load()
+
+
+def _limit_file_size(limit):
+    def pre():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)      # exceeding the limit: EFBIG, not a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return pre
+
+
+def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_checkpoint(faces_dir, cache_dir, tmp_path):
+    run_script("train.py", *flags(faces_dir, cache_dir, tmp_path))
+    shard = tmp_path / NAME / "fold-0" / "shard-0"
+    before = (shard / "slice-0.pt").read_bytes()
+    for f in ("slice-1.pt", "slice-1.json"):
+        (shard / f).unlink()
+    (shard / "slice-0.json").unlink()           # slice 0 must be rewritten too: the write that will fail
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "train.py"), *map(str, flags(faces_dir, cache_dir, tmp_path)),
+                           "--no_progress"], capture_output=True, text=True, preexec_fn=_limit_file_size(200_000))
+    line = error_line(proc)
+    assert "no room" in line and "previous version of the file is intact" in line
+    assert (shard / "slice-0.pt").read_bytes() == before          # the old bytes, not a torn new file
+    assert not list(shard.glob(".*.tmp-*"))
+    run_script("train.py", *flags(faces_dir, cache_dir, tmp_path))   # with room again, the run completes
+    assert checkpoints.status(shard / "slice-1.pt").state == "ok"
+
+
+def test_symlinks_and_unreadable_files_in_the_data_folder(own_faces_dir, tmp_path):
+    from sisa.data import load_faces
+    good = sorted(own_faces_dir.iterdir())[0]
+    (own_faces_dir / "30_1_2_20990101000000009.jpg.chip.jpg").symlink_to(good)       # a link to a face: used
+    (own_faces_dir / "30_1_2_20990101000000008.jpg.chip.jpg").symlink_to(tmp_path / "gone.jpg")   # broken
+    (own_faces_dir / "30_1_7_20990101000000007.jpg.chip.jpg").write_bytes(good.read_bytes())      # race 7
+    faces = load_faces(own_faces_dir, 24, tmp_path / "cache", progress=False)
+    reasons = dict(zip(faces.skipped["filename"], faces.skipped["reason"]))
+    assert "30_1_2_20990101000000009.jpg.chip.jpg" in set(faces.table["filename"])
+    assert reasons["30_1_2_20990101000000008.jpg.chip.jpg"].startswith("not a regular file")
+    assert reasons["30_1_7_20990101000000007.jpg.chip.jpg"].startswith("label out of range")
+    if os.geteuid() != 0:          # root reads anything: the permission case only exists for other users
+        locked = own_faces_dir / "31_1_2_20990101000000006.jpg.chip.jpg"
+        locked.write_bytes(good.read_bytes())
+        locked.chmod(0)
+        with pytest.warns(UserWarning, match="unreadable"):
+            faces = load_faces(own_faces_dir, 24, tmp_path / "cache2", progress=False)
+        assert dict(zip(faces.skipped["filename"], faces.skipped["reason"]))[locked.name].startswith("unreadable")
+
+
+TRAIN_BAD = [
+    ("--folds", "-1"), ("--folds", "0"), ("--epochs", "x"), ("--batch_size", "0"), ("--lr", "0"), ("--lr", "abc"),
+    ("--image_size", "8"), ("--test_random", "-3"), ("--limit", "0"), ("--seed", "-1"), ("--model", "vgg"),
+    ("--slice_epochs", "half"), ("--put_in", "folder"), ("--device", "tpu"), ("--weights", "/no/such/file.pt"),
+    ("--run_name", "a/b"), ("--likelihood_factors", "age,shoe_size"), ("--strategy", "sorted"),
+]
+
+
+@pytest.mark.parametrize("flag,value", TRAIN_BAD)
+def test_train_rejects_every_bad_flag_value_in_one_line(faces_dir, cache_dir, tmp_path, flag, value):
+    proc = run_script("train.py", *flags(faces_dir, cache_dir, tmp_path), flag, value, check=False)  # the last flag wins
+    assert flag.lstrip("-").split("_")[0] in error_line(proc)
+    assert not list(tmp_path.glob("*/fold-*/shard-*"))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--run_dir", "../../somewhere"], "no run at"),
+    (["--run_dir", "nope", "--aggregation", "median"], "invalid choice"),
+    (["--run_dir", "nope", "--n_boot", "0"], "must be >= 1"),
+    (["--compare", "only-one"], "baseline and at least one"),
+    ([], "one of the arguments"),
+])
+def test_evaluate_rejects_bad_input_in_one_line(tmp_path, args, message):
+    proc = run_script("evaluate.py", *args, "--checkpoints_dir", tmp_path, "--summaries_dir", tmp_path, check=False)
+    assert message in error_line(proc)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--run_dir", "../../somewhere", "--verify"], "no run at"),
+    (["--run_dir", "x", "--sample", "0"], "must be >= 1"),
+    (["--run_dir", "x", "--sample", "-2"], "must be >= 1"),
+    (["--run_dir", "x", "--requests", "/no/such/list.txt"], "not an existing file"),
+    (["--run_dir", "x", "--verify", "--cost"], "not allowed with"),
+    (["--verify"], "--run_dir is required"),
+    (["--run_dir", "x", "--verify", "--fold", "-1"], "must be >= 0"),
+])
+def test_unlearn_rejects_bad_input_in_one_line(tmp_path, args, message):
+    proc = run_script("unlearn.py", *args, "--checkpoints_dir", tmp_path, check=False)
+    assert message in error_line(proc)
