@@ -26,20 +26,36 @@ def get_args_parser() -> Parser:
 
 def main() -> None:
     args = get_args_parser().parse_args()
-    from sisa.experiment import describe, prepare
+    import contextlib
+
+    from sisa import distributed
+    from sisa.experiment import describe, open_run, prepare
+    from sisa.layout import RunLayout
     from sisa.store import run_lock
 
     cfg, opts = config_from_args(args).validate(), options_from_args(args)
-    from sisa.layout import RunLayout
     layout = RunLayout((opts.checkpoints_dir / cfg.name).resolve())
-    with run_lock(layout.lock, "train.py"):
-        exp = prepare(cfg, opts)
-        print(describe(exp))
+    world = distributed.setup(opts.device)      # one process, or one rank of a torchrun job
+    # Rank 0 creates (or re-opens) the run folder and holds its lock for the whole job.
+    with run_lock(layout.lock, f"train.py{' (torchrun job)' if world.active else ''}") if world.rank == 0 \
+            else contextlib.nullcontext():
+        if world.rank == 0:
+            exp = prepare(cfg, opts)
+            print(describe(exp))
         if args.dry_run:
-            print(f"dry run: wrote {exp.layout.root} (config.json, run.json, skipped.csv, fold-*/partition.csv)")
-            return
-        from sisa.training import train_run
-        train_run(exp, opts)
+            if world.rank == 0:
+                print(f"dry run: wrote {exp.layout.root} (config.json, run.json, skipped.csv, fold-*/partition.csv)")
+            return distributed.teardown(world)
+        from sisa.training import resolve_weights, train_run
+        if world.rank == 0:
+            resolve_weights(exp)                   # recorded once, before any rank builds a model
+        world.barrier()
+        if world.rank != 0:
+            exp = open_run(layout, opts, finish=False)
+        train_run(exp, opts, world)
+        world.barrier()
+    distributed.teardown(world)
+    if world.rank == 0:
         print(f"trained {cfg.folds} fold(s) x {cfg.num_shards} shard(s) x {cfg.num_slices} slice(s): {exp.layout.root}")
         print(f"next: python3 evaluate.py --run_dir {cfg.name}")
 

@@ -40,14 +40,22 @@ def main() -> int:
     from sisa.layout import run_layout
     from sisa.store import run_lock
 
+    import contextlib
+
+    from sisa import distributed
+
     opts = options_from_args(args)
+    world = distributed.setup(opts.device)       # torchrun: ranks share the requests' shards
+    serving = bool(args.requests or args.sample)
+    if world.rank != 0 and not serving:          # --verify, --cost, --report: rank 0 alone
+        return distributed.teardown(world) or 0
     if args.report:
         return report(args, opts)
     if not args.run_dir:
         raise SisaError("--run_dir is required (the run to unlearn from)")
     layout = run_layout(args.run_dir, args.checkpoints_dir)
-    with run_lock(layout.lock, "unlearn.py"):
-        exp = open_run(layout, opts, with_images=False)
+    with run_lock(layout.lock, "unlearn.py") if world.rank == 0 else contextlib.nullcontext():
+        exp = open_run(layout, opts, with_images=False, finish=world.rank == 0)
         folds = range(exp.cfg.folds) if args.fold is None else [args.fold]
         if args.fold is not None and args.fold >= exp.cfg.folds:
             raise SisaError(f"--fold {args.fold} does not exist: run {exp.cfg.name} has folds 0..{exp.cfg.folds - 1}")
@@ -68,18 +76,21 @@ def main() -> int:
                       f"{100 * e['expected_share_of_full']:.1f}% of retraining all shards ({e['speedup_vs_full']:.2f}x faster), "
                       f"{e['speedup_vs_baseline']:.2f}x faster than retraining the 1x1 baseline")
             return 0
-        return serve_all(args, exp, folds, opts)
+        code = serve_all(args, exp, folds, opts, world)
+    distributed.teardown(world)
+    return code
 
 
-def serve_all(args, exp, folds, opts) -> int:
+def plan_requests(args, exp, folds) -> dict:
+    """{fold: [faces to forget]}, after checking the run and the requests (rank 0 only)."""
     from sisa import unlearning
     from sisa.errors import SisaError
     from sisa.evaluation import fold_problems
 
     problems = {f: p for f, p in fold_problems(exp).items() if p and f in folds}
     if problems:
-        raise SisaError(f"run {exp.cfg.name} is not fully trained ({'; '.join(f'fold {f}: {p[0]}' for f, p in problems.items())}); "
-                        "finish it with train.py before unlearning")
+        listed = "; ".join(f"fold {f}: {p[0]}" for f, p in problems.items())
+        raise SisaError(f"run {exp.cfg.name} is not fully trained ({listed}); finish it with train.py before unlearning")
     plan = {}
     if args.requests:
         names = unlearning.read_requests(args.requests)
@@ -103,13 +114,25 @@ def serve_all(args, exp, folds, opts) -> int:
         plan = {k: unlearning.sample_requests(exp.partitions[k], args.sample, args.seed, k) for k in folds}
     if not any(plan.values()):
         raise SisaError("nothing to unlearn: every requested face is a test face, already forgotten or absent")
+    return plan
+
+
+def serve_all(args, exp, folds, opts, world) -> int:
+    from sisa import unlearning
+
+    # rank 0 decides (it sees the run as it is now); the others serve their share of its plan
+    plan = world.broadcast(plan_requests(args, exp, folds) if world.rank == 0 else None)
     records = []
-    for k, n, r in unlearning.serve_plan(exp.layout, opts, plan):
+    for k, n, r in unlearning.serve_plan(exp.layout, opts, plan, world):
         records.append(r)
         print(f"fold {k}: forgot {n} (shard {r['shard']}, slice {r['slice']}): retrained {len(r['stages_retrained'])} "
               f"stage(s), {r['faces_x_epochs']:,} faces x epochs = {100 * r['share_of_full']:.1f}% of retraining all shards "
               f"({r['speedup_vs_full']:.2f}x faster; {r['speedup_vs_baseline']:.2f}x faster than the 1x1 baseline), "
               f"{r['wall_seconds']:.1f} s")
+    records = [r for rs in world.gather(records) for r in rs]
+    world.barrier()
+    if world.rank != 0:
+        return 0
     cost = sum(r["faces_x_epochs"] for r in records)
     full = sum(r["full_faces_x_epochs"] for r in records)
     base = sum(r["baseline_faces_x_epochs"] for r in records)

@@ -23,7 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sisa.config import RunConfig  # noqa: E402
-from sisa.evaluation import compare, evaluate_run  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from sisa.evaluation import compare, composition_shares, evaluate_run  # noqa: E402
 from sisa.experiment import Options, open_run, prepare, versions  # noqa: E402
 from sisa.layout import (DEFAULT_CACHE, DEFAULT_CHECKPOINTS, DEFAULT_DATA, DEFAULT_SUMMARIES,  # noqa: E402
                          PROJECT_ROOT, RunLayout)
@@ -74,6 +76,12 @@ def run_config(tag: str, cfg: RunConfig, opts: Options, summaries: Path, n_boot:
         summary, fair = evaluate_run(exp.layout, opts, summaries, n_boot=n_boot, overwrite=True)
         out["seconds_evaluation"] = time.perf_counter() - t
         out["summary"] = summary.name
+        tidy = pd.read_csv(summary.results_csv)
+        ens = tidy[(tidy["model"] == "ensemble") & (tidy["age_class"] == "all") & (tidy["metric"] == "top1")]
+        out["top1"] = ens.groupby("group")["value"].mean().to_dict()
+        singles = tidy[(tidy["model"] != "ensemble") & (tidy["age_class"] == "all") & (tidy["metric"] == "top1")]
+        out["top1_single_shard_mean"] = singles.groupby("group")["value"].mean().to_dict()
+        out["composition"] = composition_shares(exp.partitions).to_dict(orient="index")
         out["fairness"] = fair["value"].to_dict()
         out["fairness_ci"] = {k: [fair.loc[k, "ci_low"], fair.loc[k, "ci_high"]] for k in fair.index}
         out["expected_unlearning"] = [unlearning.expected_cost(p, cfg) for p in exp.partitions]

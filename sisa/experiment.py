@@ -86,8 +86,7 @@ def _faces_of_run(cfg: RunConfig, opts: Options) -> tuple[Faces, pd.DataFrame, n
 
 def _finish_unlearning(layout: RunLayout) -> None:
     from .unlearning import finish_pending   # late: unlearning builds on this module
-    face = finish_pending(layout)
-    if face:
+    for face in finish_pending(layout):
         print(f"finished an interrupted unlearning request: {face} is now forgotten")
 
 
@@ -156,9 +155,13 @@ def prepare(cfg: RunConfig, opts: Options) -> Experiment:
     return Experiment(cfg, layout, table, images, partitions, faces.skipped, manifest)
 
 
-def open_run(layout: RunLayout, opts: Options, with_images: bool = True) -> Experiment:
-    """Read a run back: its config, partitions (with forgotten faces) and, optionally, its images."""
-    _finish_unlearning(layout)
+def open_run(layout: RunLayout, opts: Options, with_images: bool = True, finish: bool = True) -> Experiment:
+    """Read a run back: its config, partitions (with forgotten faces) and, optionally, its images.
+
+    `finish`: first roll forward unlearning requests a crash left committed but unfinished (only the
+    process holding the run's lock may do that; other torchrun ranks pass False)."""
+    if finish:
+        _finish_unlearning(layout)
     cfg = RunConfig.from_dict(read_json(layout.config))
     manifest = read_json(layout.manifest)
     partitions = []

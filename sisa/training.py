@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from . import checkpoints
 from .augment import augment, to_input
 from .config import RunConfig
+from .distributed import World
 from .errors import SisaError
 from .experiment import Experiment, Options
 from .model import build_model, trainable_parameters
@@ -242,23 +243,32 @@ def wandb_logger(exp: Experiment):
                                 if k in ("loss", "train_acc", "lr", "images_per_s")})
 
 
-def train_run(exp: Experiment, opts: Options) -> None:
-    """Train every incomplete (fold, shard), resuming after its last valid checkpoint."""
+def resolve_weights(exp: Experiment) -> str:
+    """Resolve --weights once per run (auto -> imagenet or none) and record it in run.json."""
+    if exp.manifest.get("weights_used") is None:
+        new_model(exp, 0, 0, torch.device("cpu"))
+    return exp.manifest["weights_used"]
+
+
+def train_run(exp: Experiment, opts: Options, world: World = World()) -> None:
+    """Train every incomplete (fold, shard) of this rank's share, resuming after its last valid checkpoint."""
     cfg = exp.cfg
-    todo = [(f, s, completed_slices(exp, f, s)) for f in range(cfg.folds) for s in range(cfg.num_shards)]
+    jobs = world.mine([(f, s) for f in range(cfg.folds) for s in range(cfg.num_shards)])
+    todo = [(f, s, completed_slices(exp, f, s)) for f, s in jobs]
     done, stages = sum(first for _, _, first in todo), len(todo) * cfg.num_slices
     todo = [(f, s, first) for f, s, first in todo if first < cfg.num_slices]
+    who = f"rank {world.rank}: " if world.active else ""
     if not todo:
-        print(f"all {stages} slice checkpoints are complete; nothing to train")
+        print(f"{who}all {stages} slice checkpoints are complete; nothing to train")
         return
     if done:
-        print(f"resuming: {done} of {stages} slice checkpoints complete, training the other {stages - done}")
+        print(f"{who}resuming: {done} of {stages} slice checkpoints complete, training the other {stages - done}")
     total = sum(stage_work(exp, f, s, first) for f, s, first in todo)
-    logger = wandb_logger(exp) if opts.wandb else None
-    with tqdm(total=total, unit="img", unit_scale=True, desc="training", disable=not opts.progress,
-              dynamic_ncols=True) as bar:
+    logger = wandb_logger(exp) if opts.wandb and world.rank == 0 else None   # torchrun: rank 0 logs its shards
+    with tqdm(total=total, unit="img", unit_scale=True, desc=f"{who}training",
+              disable=not opts.progress or world.rank != 0, dynamic_ncols=True) as bar:
         trainer = Trainer(exp, opts, bar, logger)
-        bar.write(f"training on {trainer.device} ({'bf16 autocast' if trainer.amp else 'fp32'}), "
+        bar.write(f"{who}training on {trainer.device} ({'bf16 autocast' if trainer.amp else 'fp32'}), "
                   f"{len(todo)} shard model(s), {total:,} images in all")
         for fold, shard, first in todo:
             trainer.run_shard(fold, shard, first)

@@ -4,7 +4,7 @@ A request for face x of fold f (in shard s, slice l) is served in three steps:
   1. retrain stages l..R-1 of shard s from the checkpoint after stage l-1, on the same faces minus
      x and everything forgotten before, with the run's own recipe; the new checkpoints go to
      unlearning/pending/ (the run's own checkpoints are untouched, so the run stays usable);
-  2. write unlearning/pending/commit.json: the commit point;
+  2. write unlearning/pending/fold-<f>/shard-<s>/commit.json: the commit point;
   3. mark x forgotten in fold-f/partition.csv, append the request to unlearning/log.jsonl, move the
      new checkpoints into place, delete pending/.
 A crash before 2 leaves the run as it was (a rerun reuses the finished pending stages); a crash
@@ -16,7 +16,9 @@ training face by its request probability (see likelihood.request_probability), w
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import shutil
@@ -27,6 +29,7 @@ import pandas as pd
 
 from . import checkpoints
 from .config import RunConfig
+from .distributed import World
 from .errors import SisaError
 from .experiment import Experiment, Options
 from .layout import RunLayout
@@ -70,31 +73,48 @@ def expected_cost(part: pd.DataFrame, cfg: RunConfig) -> dict:
 
 
 # ---- the pending request and its commit ---------------------------------------------------------
-def finish_pending(layout: RunLayout) -> str | None:
-    """Roll a committed but unfinished request forward; returns the face, or None if nothing was due."""
-    commit_path = layout.pending_dir / "commit.json"
-    if not commit_path.exists():
-        return None
-    commit = read_json(commit_path)
-    fold, face, record = commit["fold"], commit["face"], commit["record"]
-    part = read_partition(layout.partition(fold))
-    if not part.loc[part["filename"] == face, "forgotten"].all():
-        part.loc[part["filename"] == face, "forgotten"] = True
-        write_bytes(layout.partition(fold), write_partition_csv(part))
-    _fault("after_partition")
-    if record["request_id"] not in {r.get("request_id") for r in read_jsonl(layout.unlearning_log)}:
-        append_line(layout.unlearning_log, json.dumps(record))
-    for s, first in [(record["shard"], record["slice"])]:
-        for l in range(first, read_json(layout.config)["num_slices"]):
-            src, dst = layout.pending_checkpoint(fold, s, l), layout.checkpoint(fold, s, l)
+def finish_pending(layout: RunLayout) -> list[str]:
+    """Roll every committed but unfinished request forward; returns the faces that were due."""
+    done = []
+    for commit_path in sorted(layout.pending_dir.glob("fold-*/shard-*/commit.json")):
+        commit = read_json(commit_path)
+        fold, face, record = commit["fold"], commit["face"], commit["record"]
+        with partition_lock(layout, fold):      # other ranks may commit other shards of this fold
+            part = read_partition(layout.partition(fold))
+            if not part.loc[part["filename"] == face, "forgotten"].all():
+                part.loc[part["filename"] == face, "forgotten"] = True
+                write_bytes(layout.partition(fold), write_partition_csv(part))
+        _fault("after_partition")
+        if record["request_id"] not in {r.get("request_id") for r in read_jsonl(layout.unlearning_log)}:
+            append_line(layout.unlearning_log, json.dumps(record))
+        shard = record["shard"]
+        for l in range(record["slice"], read_json(layout.config)["num_slices"]):
+            src, dst = layout.pending_checkpoint(fold, shard, l), layout.checkpoint(fold, shard, l)
             if src.exists():
                 checkpoints.sidecar(dst).unlink(missing_ok=True)   # never let the old record vouch for new bytes
                 os.replace(src, dst)
                 _fault("mid_move")
             if checkpoints.sidecar(src).exists():
                 os.replace(checkpoints.sidecar(src), checkpoints.sidecar(dst))
-    shutil.rmtree(layout.pending_dir)
-    return face
+        shutil.rmtree(commit_path.parent)
+        done.append(face)
+    for d in [*layout.pending_dir.glob("fold-*"), layout.pending_dir]:   # tidy up what is now empty
+        with contextlib.suppress(OSError):
+            d.rmdir()
+    return done
+
+
+@contextlib.contextmanager
+def partition_lock(layout: RunLayout, fold: int):
+    """Exclusive access to a fold's partition file while it is read, changed and written back."""
+    path = layout.unlearning_dir / f".partition-{fold}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)   # blocking: commits are short
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 # ---- requests ----------------------------------------------------------------------------------
@@ -141,9 +161,10 @@ def serve(exp: Experiment, trainer, fold: int, face: str) -> dict:
     exp.partitions[fold] = new_part        # stage hashes now exclude the face
     try:
         request = {"fold": fold, "face": face}
-        req_path = layout.pending_dir / "request.json"
+        here = layout.pending_checkpoint(fold, shard, 0).parent       # this shard's own pending folder
+        req_path = here / "request.json"
         if req_path.exists() and read_json(req_path) != request:
-            shutil.rmtree(layout.pending_dir)                  # another request's leftovers: not reusable
+            shutil.rmtree(here)                                # another request's leftovers: not reusable
         write_json(req_path, request)
         # resume inside pending/ after a crash: skip the stages already retrained for this request
         start = first
@@ -159,7 +180,7 @@ def serve(exp: Experiment, trainer, fold: int, face: str) -> dict:
         cost = int(after[shard, first:].sum())
         trained_s = sum(checkpoints.status(layout.checkpoint(fold, s, l)).record.get("train_seconds", 0)
                         for s in range(cfg.num_shards) for l in range(cfg.num_slices))
-        record = {"request_id": f"r{len(read_jsonl(layout.unlearning_log)) + 1:05d}",
+        record = {"request_id": f"fold{fold}:{face}",          # a face is forgotten once per fold
                   "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "face": face,
                   "fold": fold, "shard": shard, "slice": first, "stages_retrained": list(range(first, cfg.num_slices)),
                   "faces_x_epochs": cost, "full_faces_x_epochs": int(after.sum()),
@@ -167,7 +188,7 @@ def serve(exp: Experiment, trainer, fold: int, face: str) -> dict:
                   "share_of_full": cost / after.sum(), "speedup_vs_full": after.sum() / max(cost, 1),
                   "speedup_vs_baseline": baseline_cost(new_part, cfg) / max(cost, 1),
                   "wall_seconds": time.perf_counter() - t0, "full_training_seconds_recorded": trained_s}
-        write_json(layout.pending_dir / "commit.json", {"fold": fold, "face": face, "record": record})
+        write_json(here / "commit.json", {"fold": fold, "face": face, "record": record})
     except BaseException:
         exp.partitions[fold] = part        # nothing committed: the run is as it was
         raise
@@ -176,14 +197,22 @@ def serve(exp: Experiment, trainer, fold: int, face: str) -> dict:
     return record
 
 
-def serve_plan(layout: RunLayout, opts: Options, plan: dict[int, list[str]]):
-    """Serve {fold: [faces]} one request at a time; yields (fold, face, log record) as each is committed."""
+def serve_plan(layout: RunLayout, opts: Options, plan: dict[int, list[str]], world: World = World()):
+    """Serve {fold: [faces]} one request at a time; yields (fold, face, log record) as each is committed.
+
+    Requests are grouped by (fold, shard) in the order given; with torchrun each rank serves its share
+    of the groups (round-robin), one request after another, in that shard's own pending folder.
+    """
     from .experiment import open_run
     from .training import Trainer
 
-    exp = open_run(layout, opts, with_images=True)
-    trainer = Trainer(exp, opts)
+    exp = open_run(layout, opts, with_images=True, finish=world.rank == 0)
+    groups: dict[tuple[int, int], list[str]] = {}
     for fold, names in plan.items():
+        for face in names:
+            groups.setdefault((fold, locate(exp.partitions[fold], face)[1]), []).append(face)
+    trainer = Trainer(exp, opts)
+    for (fold, _), names in world.mine(list(groups.items())):
         for face in names:
             yield fold, face, serve(exp, trainer, fold, face)
 
