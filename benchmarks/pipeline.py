@@ -171,6 +171,7 @@ def main(argv=None) -> int:
     p.add_argument("--cache_sizes", type=int, nargs="+", default=None, help="sizes for the cache-versus-decode timing (default --sizes)")
     p.add_argument("--decode_sample", type=int, default=2000, help="files decoded to time decoding (default 2000)")
     p.add_argument("--out", type=Path, default=None, help="JSON result (default benchmarks/results/pipeline-<device>-<date>.json)")
+    p.add_argument("--no_progress", action="store_true", help="accepted for symmetry with the other scripts (no bars here)")
     a = p.parse_args(argv)
     from sisa.training import resolve_device
     dev = resolve_device(a.device)

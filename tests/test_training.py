@@ -135,3 +135,23 @@ def test_training_failures_are_one_clear_line(faces_dir, cache_dir, tmp_path):
     line = error_line(run_script("train.py", *base, "--lr", "1e30", "--epochs", 2, "--run_name", "boom", check=False))
     assert "diverged" in line and "lower --lr" in line
     assert error_line(run_script("train.py", *base, "--weights", tmp_path / "nope.pt", check=False)).count("nope.pt")
+
+
+def test_slice_epoch_schedules():
+    full = RunConfig(epochs=15, num_slices=3)
+    sisa = RunConfig(epochs=15, num_slices=3, slice_epochs="sisa")
+    assert [full.stage_epochs(l) for l in range(3)] == [15, 15, 15]
+    assert [sisa.stage_epochs(l) for l in range(3)] == [8, 8, 8]                  # 2*15/(3+1) = 7.5
+    # the SISA schedule costs about what E epochs over the whole shard cost: sum_l (l+1)/R * e_l ~ E
+    assert abs(sum((l + 1) / 3 * sisa.stage_epochs(l) for l in range(3)) - 15) <= 1
+    assert RunConfig(epochs=1, num_slices=5, slice_epochs="sisa").stage_epochs(0) == 1   # never zero
+
+
+def test_wandb_offline_logging(faces_dir, cache_dir, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_script("train.py", *TINY_FLAGS, "--epochs", 1, "--num_slices", 1, "--wandb", "--data_dir", faces_dir,
+               "--cache_dir", cache_dir, "--checkpoints_dir", tmp_path)
+    runs = list((tmp_path / "sorted-balanced-slice-2x1" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))       # the offline run and its history file
