@@ -11,7 +11,7 @@
         fold-<k>/metrics.jsonl      one record per training epoch
         fold-<k>/logits.npz         evaluation: every shard model's logits on the test faces
         unlearning/log.jsonl        append-only record of served deletion requests
-        unlearning/pending/         checkpoints being retrained, moved into place once complete
+        unlearning/pending/fold-<k>/shard-<s>/   checkpoints being retrained, moved into place once committed
     summaries/<name>-<k>of<K>.pickle, -mean.pickle, -square.pickle, -results.csv/.pickle, ...
 """
 from __future__ import annotations
