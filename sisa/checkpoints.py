@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +24,21 @@ from .store import read_json, write_bytes, write_json
 FORMAT = 1
 
 
+_digests: dict[tuple, str] = {}   # (path, inode, size, mtime_ns) -> digest: hash each file version once
+
+
 def file_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=32)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()
+    """BLAKE2b of a file's bytes. Remembered per file version (a rewrite is a new inode, size or
+    mtime), so checking a run's checkpoints, then loading them, reads each file only once."""
+    st = os.stat(path)
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        h = hashlib.blake2b(digest_size=32)
+        with open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                h.update(block)
+        _digests[key] = h.hexdigest()
+    return _digests[key]
 
 
 def sidecar(path: Path) -> Path:
