@@ -133,6 +133,7 @@ def serve_all(args, exp, folds, opts, world) -> int:
     world.barrier()
     if world.rank != 0:
         return 0
+    unlearning.tidy_pending(exp.layout)
     cost = sum(r["faces_x_epochs"] for r in records)
     full = sum(r["full_faces_x_epochs"] for r in records)
     base = sum(r["baseline_faces_x_epochs"] for r in records)

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -73,10 +74,15 @@ def expected_cost(part: pd.DataFrame, cfg: RunConfig) -> dict:
 
 
 # ---- the pending request and its commit ---------------------------------------------------------
-def finish_pending(layout: RunLayout) -> list[str]:
-    """Roll every committed but unfinished request forward; returns the faces that were due."""
+def finish_pending(layout: RunLayout, only: Path | None = None) -> list[str]:
+    """Roll committed but unfinished requests forward; returns the faces that were due.
+
+    `only`: one shard's pending folder (a rank finishing its own request must not touch folders
+    other ranks are committing); None: all of them, done by the process that holds the run's lock
+    before any rank starts, which then also removes the emptied folders."""
     done = []
-    for commit_path in sorted(layout.pending_dir.glob("fold-*/shard-*/commit.json")):
+    commits = [only / "commit.json"] if only else sorted(layout.pending_dir.glob("fold-*/shard-*/commit.json"))
+    for commit_path in [c for c in commits if c.exists()]:
         commit = read_json(commit_path)
         fold, face, record = commit["fold"], commit["face"], commit["record"]
         with partition_lock(layout, fold):      # other ranks may commit other shards of this fold
@@ -98,10 +104,16 @@ def finish_pending(layout: RunLayout) -> list[str]:
                 os.replace(checkpoints.sidecar(src), checkpoints.sidecar(dst))
         shutil.rmtree(commit_path.parent)
         done.append(face)
-    for d in [*layout.pending_dir.glob("fold-*"), layout.pending_dir]:   # tidy up what is now empty
+    if only is None:
+        tidy_pending(layout)
+    return done
+
+
+def tidy_pending(layout: RunLayout) -> None:
+    """Remove pending folders left empty (only when no other process may be writing into them)."""
+    for d in [*layout.pending_dir.glob("fold-*"), layout.pending_dir]:
         with contextlib.suppress(OSError):
             d.rmdir()
-    return done
 
 
 @contextlib.contextmanager
@@ -177,23 +189,24 @@ def serve(exp: Experiment, trainer, fold: int, face: str) -> dict:
             trainer.run_shard(fold, shard, start, start_path=start_path, out_path=layout.pending_checkpoint,
                               metrics_path=layout.unlearning_dir / "metrics.jsonl")
         after = stage_costs(new_part, cfg)
-        cost = int(after[shard, first:].sum())
-        trained_s = sum(checkpoints.status(layout.checkpoint(fold, s, l)).record.get("train_seconds", 0)
+        cost, base = int(after[shard, first:].sum()), baseline_cost(new_part, cfg)
+        # the records suffice for the seconds: verifying every checkpoint's bytes here would re-read the run
+        trained_s = sum(read_json(checkpoints.sidecar(layout.checkpoint(fold, s, l))).get("train_seconds", 0)
                         for s in range(cfg.num_shards) for l in range(cfg.num_slices))
         record = {"request_id": f"fold{fold}:{face}",          # a face is forgotten once per fold
                   "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "face": face,
                   "fold": fold, "shard": shard, "slice": first, "stages_retrained": list(range(first, cfg.num_slices)),
                   "faces_x_epochs": cost, "full_faces_x_epochs": int(after.sum()),
-                  "baseline_faces_x_epochs": baseline_cost(new_part, cfg),
+                  "baseline_faces_x_epochs": base,
                   "share_of_full": cost / after.sum(), "speedup_vs_full": after.sum() / max(cost, 1),
-                  "speedup_vs_baseline": baseline_cost(new_part, cfg) / max(cost, 1),
+                  "speedup_vs_baseline": base / max(cost, 1),
                   "wall_seconds": time.perf_counter() - t0, "full_training_seconds_recorded": trained_s}
         write_json(here / "commit.json", {"fold": fold, "face": face, "record": record})
     except BaseException:
         exp.partitions[fold] = part        # nothing committed: the run is as it was
         raise
     _fault("after_commit")
-    finish_pending(layout)
+    finish_pending(layout, only=here)
     return record
 
 
@@ -215,6 +228,8 @@ def serve_plan(layout: RunLayout, opts: Options, plan: dict[int, list[str]], wor
     for (fold, _), names in world.mine(list(groups.items())):
         for face in names:
             yield fold, face, serve(exp, trainer, fold, face)
+    if not world.active:          # with torchrun, rank 0 tidies once every rank is done
+        tidy_pending(layout)
 
 
 # ---- proof -------------------------------------------------------------------------------------
