@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--weights", default="auto", help="auto, imagenet, none or a PATH (default auto)")
     p.add_argument("--epochs", type=int, default=15, help="epochs per slice stage (default 15)")
     p.add_argument("--folds", type=int, default=5, help="folds (default 5)")
-    p.add_argument("--limit", type=int, default=None, help="stratified subsample of faces (default all)")
+    p.add_argument("--limit", type=int, default=None, help="stratified subsample of faces (default all; 0: all, also with --cpu_small)")
     p.add_argument("--test_per_cell", type=int, default=9, help="balanced test faces per cell (default 9)")
     p.add_argument("--test_random", type=int, default=63, help="balanced extra random test faces (default 63)")
     p.add_argument("--seed", type=int, default=0, help="the study's seed (default 0)")
@@ -123,6 +123,8 @@ def main(argv=None) -> int:
                     limit=a.limit, test_per_cell=a.test_per_cell, test_random=a.test_random, seed=a.seed)
     if a.cpu_small:   # CPU-sized defaults; flags given explicitly still win
         settings.update({k: v for k, v in CPU_SMALL.items() if getattr(a, k) == p.get_default(k)})
+    if not settings["limit"]:
+        settings["limit"] = None   # 0 asks for every face
     opts = Options(data_dir=a.data_dir, cache_dir=a.cache_dir, checkpoints_dir=a.checkpoints_dir,
                    progress=not a.no_progress, device=a.device)
     size = settings["image_size"]
