@@ -27,7 +27,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .errors import SisaError
-from .store import atomic_write, load_npy_checked, sha256_bytes, tree_digest, write_json
+from .store import (atomic_write, checksum_available, digest_kind, load_npy_checked, sha256_bytes, tree_digest,
+                    write_json)
 
 AGE_BOUNDS = (2, 9, 20, 27, 45, 65, 120)   # upper bound (inclusive) of each of the 7 age classes
 AGE_CLASSES = ("0-2", "3-9", "10-20", "21-27", "28-45", "46-65", "66+")
@@ -129,11 +130,16 @@ def _read_cache(cache: Path, names: list[str]) -> tuple[np.ndarray, dict] | None
         return None
     try:
         index = json.loads(index_path.read_text())
-        images, digest = load_npy_checked(images_path)
+        expected = index["digest"] if ":" in index["digest"] else f"crc32:{index['digest']}"   # before the prefix
+        if not checksum_available(digest_kind(expected)):
+            warnings.warn(f"image cache {cache} was checksummed with {digest_kind(expected)}, which this "
+                          "machine lacks (pip install xxhash); rebuilding it")
+            return None
+        images, digest = load_npy_checked(images_path, digest_kind(expected))
         ok = (index.get("version") == CACHE_VERSION
               and sorted(index["names"] + [n for n, _ in index["unreadable"]]) == sorted(names)
               and list(images.shape) == index["shape"]
-              and digest == index["digest"])
+              and digest == expected)
     except Exception as e:
         warnings.warn(f"image cache {cache} is unreadable ({type(e).__name__}: {e}); rebuilding it")
         return None
@@ -161,9 +167,13 @@ def _build_cache(folder: Path, names: list[str], size: int, cache: Path, progres
             bar.update()
     bar.close()
     images = images[: len(good)]
+    digest = tree_digest(memoryview(images))
+    # "digest" checks the file on every load (fast kind); "content" names the pixels for run
+    # fingerprints and is always CRC-32, so a run made on a machine without xxhash matches here
+    content = digest if digest_kind(digest) == "crc32" else tree_digest(memoryview(images), "crc32")
     index = {"version": CACHE_VERSION, "folder": str(folder), "size": size, "names": good,
              "unreadable": unreadable, "shape": list(images.shape),
-             "digest": tree_digest(memoryview(images))}
+             "digest": digest, "content": content.split(":", 1)[1]}
     # images first, index last: an index only ever describes a complete images.npy
     atomic_write(cache / "images.npy", lambda f: np.save(f, images, allow_pickle=False))
     write_json(cache / "index.json", index)
@@ -214,7 +224,8 @@ def load_faces(folder: Path, image_size: int, cache_dir: Path, strict: bool = Fa
     table = pd.DataFrame([(n, *labels[n]) for n in index["names"]], columns=COLUMNS[:4])
     table["age_class"] = np.searchsorted(AGE_BOUNDS, table["age"].to_numpy(), side="left")
     skipped_df = pd.DataFrame(sorted(skipped), columns=["filename", "reason"])
-    fingerprint = sha256_bytes(f"{image_size}\n{index['digest']}\n".encode()
+    content = index.get("content", index["digest"])   # caches before "content" hold a bare CRC-32 digest
+    fingerprint = sha256_bytes(f"{image_size}\n{content}\n".encode()
                                + "\n".join(index["names"]).encode())[:20]
     return Faces(table, images, skipped_df, fingerprint)
 

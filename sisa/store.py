@@ -42,27 +42,53 @@ def sha256_names(names) -> str:
 
 CHUNK = 1 << 26   # 64 MiB: the unit of the checksum of large arrays
 
+try:   # xxh3 runs at memory speed (about 10 GB/s per core); zlib's CRC-32 at about 3
+    import xxhash
+except ImportError:   # e.g. a GPU machine with only PyTorch preinstalled and no package index
+    xxhash = None
 
-def _chunk_digest(chunk: memoryview) -> bytes:
+
+def _crc32(chunk: memoryview) -> bytes:
     return zlib.crc32(chunk).to_bytes(4, "big")
 
 
-def tree_digest(data: memoryview, chunks: list[bytes] | None = None) -> str:
-    """Checksum of a large buffer: BLAKE2b over the CRC-32 of each 64 MiB chunk.
+def _xxh3(chunk: memoryview) -> bytes:
+    return xxhash.xxh3_64_digest(chunk)
+
+
+CHUNK_CHECKSUMS = {"xxh3": _xxh3, "crc32": _crc32}
+
+
+def checksum_available(kind: str) -> bool:
+    return kind == "crc32" or (kind == "xxh3" and xxhash is not None)
+
+
+def tree_digest(data: memoryview, kind: str | None = None) -> str:
+    """Checksum of a large buffer: BLAKE2b over a fast checksum of each 64 MiB chunk, as "kind:hex".
 
     It guards the image cache against damage (a flipped byte, a truncated or half-copied file), not
-    against an adversary. zlib releases the GIL, so the chunks are checked on all cores: a 2.8 GB
-    cache is verified in about half a second instead of nine seconds of single-threaded SHA-256.
+    against an adversary. The chunk checksum is xxh3 when the `xxhash` package is installed, else
+    zlib's CRC-32; the digest names its kind so a cache is always checked the way it was written.
+    Both release the GIL, so the chunks are checked on all cores: a 2.8 GB cache in about 0.2 s with
+    xxh3 (0.5 s with CRC-32, nine seconds with single-threaded SHA-256) on a 2-core machine.
     """
-    if chunks is None:
-        data = memoryview(data).cast("B")
-        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-            chunks = list(pool.map(_chunk_digest, (data[i:i + CHUNK] for i in range(0, len(data), CHUNK))))
-    return hashlib.blake2b(b"".join(chunks), digest_size=32).hexdigest()
+    kind = kind or ("xxh3" if xxhash is not None else "crc32")
+    if not checksum_available(kind):
+        raise ValueError(f"checksum {kind!r} is not available here (install xxhash)")
+    one = CHUNK_CHECKSUMS[kind]
+    data = memoryview(data).cast("B")
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        chunks = list(pool.map(one, (data[i:i + CHUNK] for i in range(0, len(data), CHUNK))))
+    return f"{kind}:" + hashlib.blake2b(b"".join(chunks), digest_size=32).hexdigest()
 
 
-def load_npy_checked(path: Path) -> tuple[np.ndarray, str]:
-    """A read-only memory map of an .npy file, with the tree_digest of its data.
+def digest_kind(digest: str) -> str:
+    """The checksum kind a tree_digest was made with ("crc32" for digests older than the prefix)."""
+    return digest.split(":", 1)[0] if ":" in digest else "crc32"
+
+
+def load_npy_checked(path: Path, kind: str | None = None) -> tuple[np.ndarray, str]:
+    """A read-only memory map of an .npy file, with the tree_digest (of `kind`) of its data.
 
     Mapping instead of reading saves a copy of gigabytes; the checksum pass pulls the pages in.
     """
@@ -70,7 +96,7 @@ def load_npy_checked(path: Path) -> tuple[np.ndarray, str]:
     size, expected = Path(path).stat().st_size, arr.offset + arr.nbytes
     if size != expected or not arr.flags.c_contiguous:
         raise ValueError(f"file holds {size} bytes, its header promises {expected} (truncated or padded)")
-    return arr, tree_digest(memoryview(arr).cast("B"))
+    return arr, tree_digest(memoryview(arr).cast("B"), kind)
 
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:

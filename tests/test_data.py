@@ -112,3 +112,50 @@ def test_cache_is_reused_rebuilt_when_stale_and_never_trusted_when_damaged(own_f
     # a different size is a different cache
     load_faces(own_faces_dir, 20, cache_dir, progress=False)
     assert json.loads((_cache_of(cache_dir, 20) / "index.json").read_text())["size"] == 20
+
+
+@pytest.mark.parametrize("kind", ["xxh3", "crc32"])
+def test_tree_digest_sees_any_flipped_byte_in_any_chunk(kind, monkeypatch):
+    from sisa import store
+    monkeypatch.setattr(store, "CHUNK", 4096)        # many chunks from a small buffer
+    data = np.random.default_rng(0).integers(0, 256, size=5 * 4096 + 123, dtype=np.uint8)
+    base = store.tree_digest(memoryview(data), kind)
+    assert base.startswith(f"{kind}:") and store.digest_kind(base) == kind
+    for pos in (0, 4095, 4096, 3 * 4096 + 7, len(data) - 1):
+        bad = data.copy()
+        bad[pos] ^= 1
+        assert store.tree_digest(memoryview(bad), kind) != base
+    assert store.tree_digest(memoryview(data[:-1]), kind) != base   # one byte short
+    assert store.tree_digest(memoryview(data), "xxh3") != store.tree_digest(memoryview(data), "crc32")
+
+
+def test_cache_checksum_kind_never_changes_the_run_fingerprint(own_faces_dir, tmp_path, monkeypatch):
+    from sisa import store
+    cache_dir = tmp_path / "cache"
+    fast = load_faces(own_faces_dir, 24, cache_dir, progress=False)
+    index = json.loads((_cache_of(cache_dir, 24) / "index.json").read_text())
+    assert index["digest"].startswith("xxh3:") and len(index["content"]) == 64
+    # a machine without xxhash (the GPU box has only PyTorch): the cache is rebuilt with CRC-32,
+    # and the faces keep their fingerprint, so runs made on either machine evaluate on the other
+    monkeypatch.setattr(store, "xxhash", None)
+    with pytest.warns(UserWarning, match="lacks"):
+        slow = load_faces(own_faces_dir, 24, cache_dir, progress=False)
+    cache = _cache_of(cache_dir, 24)
+    index = json.loads((cache / "index.json").read_text())
+    assert index["digest"].startswith("crc32:")
+    assert slow.fingerprint == fast.fingerprint and np.array_equal(slow.images, fast.images)
+    # and CRC-32 still catches damage
+    raw = bytearray((cache / "images.npy").read_bytes())
+    raw[-9] ^= 0x10
+    (cache / "images.npy").write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match="damaged or stale"):
+        assert load_faces(own_faces_dir, 24, cache_dir, progress=False).fingerprint == fast.fingerprint
+    monkeypatch.undo()
+    # a cache written before digests named their kind (bare CRC-32 hex, no "content") is still used
+    index = json.loads((cache / "index.json").read_text())
+    index["digest"] = index["digest"].split(":", 1)[1]
+    del index["content"]
+    (cache / "index.json").write_text(json.dumps(index))
+    stamp = (cache / "images.npy").stat().st_mtime_ns
+    legacy = load_faces(own_faces_dir, 24, cache_dir, progress=False)
+    assert (cache / "images.npy").stat().st_mtime_ns == stamp and legacy.fingerprint == fast.fingerprint
