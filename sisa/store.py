@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -124,6 +125,39 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
         raise
 
 
+STALE_TEMP_SECONDS = 600   # a temp file this old, of a process that no longer runs here, is a leftover
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # someone else's process
+        return True
+    return True
+
+
+def sweep_stale_temps(folder: Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Delete the temp files that killed writers left under `folder` (never read, only clutter).
+
+    A temp file is removed only if its writer's PID is not running on this machine and it was last
+    written more than `older_than` seconds ago, so a live writer (even on another host of a shared
+    file system) is never disturbed. Returns what was removed.
+    """
+    gone = []
+    for tmp in Path(folder).rglob(".*.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1]
+        try:
+            if not pid.isdigit() or _pid_alive(int(pid)) or time.time() - tmp.stat().st_mtime < older_than:
+                continue
+            tmp.unlink()
+        except OSError:   # gone meanwhile, or not ours to delete: leave it
+            continue
+        gone.append(tmp)
+    return gone
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 
@@ -169,7 +203,8 @@ def read_jsonl(path: Path) -> list[dict]:
 def run_lock(lock_path: Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock on a run folder, or fail at once if another process holds it.
 
-    The OS releases the lock when the process dies, so a killed run never leaves a stale lock.
+    The OS releases the lock when the process dies, so a killed run never leaves a stale lock; the
+    temp files a killed writer left in the folder are swept once the lock is held.
     """
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     f = open(lock_path, "a+")
@@ -186,6 +221,7 @@ def run_lock(lock_path: Path, what: str) -> Iterator[None]:
         f.truncate()
         f.write(f"pid {os.getpid()} ({what})\n")
         f.flush()
+        sweep_stale_temps(lock_path.parent)
         yield
     finally:
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)

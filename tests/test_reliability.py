@@ -194,3 +194,22 @@ def test_evaluate_rejects_bad_input_in_one_line(tmp_path, args, message):
 def test_unlearn_rejects_bad_input_in_one_line(tmp_path, args, message):
     proc = run_script("unlearn.py", *args, "--checkpoints_dir", tmp_path, check=False)
     assert message in error_line(proc)
+
+
+def test_temp_files_of_killed_writers_are_swept_when_the_run_is_locked(tmp_path):
+    run = tmp_path / "ck" / NAME
+    (run / "fold-0" / "shard-0").mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()                                                  # a PID that no longer runs
+    old = time.time() - 3600
+    leftover = run / "fold-0" / "shard-0" / f".slice-0.pt.tmp-{dead.pid}"
+    fresh = run / "fold-0" / "shard-0" / f".slice-1.pt.tmp-{dead.pid}"       # maybe another host, writing now
+    live = run / "fold-0" / f".partition.csv.tmp-{os.getpid()}"               # this process: alive
+    keep = run / "fold-0" / "shard-0" / "slice-0.pt"
+    for f in (leftover, fresh, live, keep):
+        f.write_bytes(b"x")
+    for f in (leftover, live, keep):
+        os.utime(f, (old, old))
+    with run_lock(run / "LOCK", "a test"):
+        assert not leftover.exists()
+        assert fresh.exists() and live.exists() and keep.exists()
