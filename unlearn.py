@@ -3,7 +3,9 @@
     python3 unlearn.py --run_dir sorted-balanced-slice-5x3 --sample 5         # 5 requests per fold, drawn by likelihood
     python3 unlearn.py --run_dir sorted-balanced-slice-5x3 --requests faces.txt --fold 0
     python3 unlearn.py --run_dir sorted-balanced-slice-5x3 --verify           # no checkpoint saw a forgotten face?
+    python3 unlearn.py --run_dir sorted-balanced-slice-5x3 --sample 20 --batched   # each shard retrains once for its share
     python3 unlearn.py --run_dir sorted-balanced-slice-5x3 --cost             # expected cost of one request, no training
+    python3 unlearn.py --run_dir sorted-balanced-slice-5x3 --cost --batch_sizes 1 5 20   # ... of requests served in batches
     python3 unlearn.py --report random-balanced-slice-5x3 sorted-balanced-shard-5x3 sorted-balanced-slice-5x3
 
 Each request retrains only the affected shard from the affected slice on; the run's
@@ -23,6 +25,11 @@ def get_args_parser() -> Parser:
     what.add_argument("--verify", action="store_true", help="check every checkpoint in use against the forgotten faces")
     what.add_argument("--cost", action="store_true", help="expected retraining cost of one request, from the partition alone")
     what.add_argument("--report", nargs="+", metavar="RUN", help="table and figure of cost and fairness across runs")
+    p.add_argument("--batched", action="store_true",
+                   help="serve each shard's requests together: one retraining from the earliest affected slice")
+    p.add_argument("--batch_sizes", type=positive_int, nargs="+", metavar="K",
+                   help="--cost: expected cost per request when K requests are served together (Monte Carlo)")
+    p.add_argument("--draws", type=positive_int, default=1000, help="--cost --batch_sizes: batches drawn (default 1000)")
     p.add_argument("--fold", type=count, default=None, help="only this fold (default: every fold)")
     p.add_argument("--seed", type=count, default=0, help="seed of --sample's draw (default 0)")
     p.add_argument("--out", default="unlearning-report", help="--report: file stem in --summaries_dir (default unlearning-report)")
@@ -47,6 +54,10 @@ def main() -> int:
     opts = options_from_args(args)
     world = distributed.setup(opts.device)       # torchrun: ranks share the requests' shards
     serving = bool(args.requests or args.sample)
+    if args.batch_sizes and not args.cost:
+        raise SisaError("--batch_sizes goes with --cost (to serve requests in batches, use --batched)")
+    if args.batched and not serving:
+        raise SisaError("--batched goes with --requests or --sample (for the cost of batches, use --cost --batch_sizes)")
     if world.rank != 0 and not serving:          # --verify, --cost, --report: rank 0 alone
         return distributed.teardown(world) or 0
     if args.report:
@@ -75,6 +86,14 @@ def main() -> int:
                 print(f"fold {k}: expected retraining per request {e['expected_faces_x_epochs']:,.0f} faces x epochs = "
                       f"{100 * e['expected_share_of_full']:.1f}% of retraining all shards ({e['speedup_vs_full']:.2f}x faster), "
                       f"{e['speedup_vs_baseline']:.2f}x faster than retraining the 1x1 baseline")
+                for b in args.batch_sizes or []:
+                    e = unlearning.expected_batch_cost(exp.partitions[k], exp.cfg, b, args.draws, args.seed, k)
+                    lo, hi = e["per_request_interval"]
+                    print(f"fold {k}: batches of {b}: {e['shards_retrained']:.2f} shard(s) retrained per batch, "
+                          f"{e['per_request_faces_x_epochs']:,.0f} faces x epochs per request [95% of batches: "
+                          f"{lo:,.0f}-{hi:,.0f}]; a batch costs {100 * e['batch_share_of_full']:.1f}% of retraining "
+                          f"all shards (speed-up {e['speedup_vs_full']:.2f}x; versus retraining the 1x1 baseline "
+                          f"once per batch: {e['speedup_vs_baseline']:.2f}x)")
             return 0
         code = serve_all(args, exp, folds, opts, world)
     distributed.teardown(world)
@@ -123,12 +142,14 @@ def serve_all(args, exp, folds, opts, world) -> int:
     # rank 0 decides (it sees the run as it is now); the others serve their share of its plan
     plan = world.broadcast(plan_requests(args, exp, folds) if world.rank == 0 else None)
     records = []
-    for k, n, r in unlearning.serve_plan(exp.layout, opts, plan, world):
+    for k, n, r in unlearning.serve_plan(exp.layout, opts, plan, world, batched=args.batched):
         records.append(r)
-        print(f"fold {k}: forgot {n} (shard {r['shard']}, slice {r['slice']}): retrained {len(r['stages_retrained'])} "
-              f"stage(s), {r['faces_x_epochs']:,} faces x epochs = {100 * r['share_of_full']:.1f}% of retraining all shards "
-              f"({r['speedup_vs_full']:.2f}x faster; {r['speedup_vs_baseline']:.2f}x faster than the 1x1 baseline), "
-              f"{r['wall_seconds']:.1f} s")
+        together = f" in a batch of {r['batch_size']}" if r["batch_size"] > 1 else ""
+        share = " (its share)" if together else ""
+        print(f"fold {k}: forgot {n} (shard {r['shard']}, slice {r['slice']}){together}: retrained "
+              f"{len(r['stages_retrained'])} stage(s), {r['faces_x_epochs']:,.0f} faces x epochs{share} = "
+              f"{100 * r['share_of_full']:.1f}% of retraining all shards ({r['speedup_vs_full']:.2f}x faster; "
+              f"{r['speedup_vs_baseline']:.2f}x faster than the 1x1 baseline), {r['wall_seconds']:.1f} s{share}")
     records = [r for rs in world.gather(records) for r in rs]
     world.barrier()
     if world.rank != 0:
@@ -139,8 +160,9 @@ def serve_all(args, exp, folds, opts, world) -> int:
     base = sum(r["baseline_faces_x_epochs"] for r in records)
     wall = sum(r["wall_seconds"] for r in records)
     trained = sum(r["full_training_seconds_recorded"] for r in records)
-    print(f"served {len(records)} request(s): {cost:,} faces x epochs retrained, versus {full:,} for retraining all shards "
-          f"each time ({full / max(cost, 1):.2f}x) and {base:,} for the 1x1 baseline ({base / max(cost, 1):.2f}x); "
+    each = "once per shard's batch" if args.batched else "each time"
+    print(f"served {len(records)} request(s): {cost:,.0f} faces x epochs retrained, versus {full:,.0f} for retraining all "
+          f"shards {each} ({full / max(cost, 1):.2f}x) and {base:,.0f} for the 1x1 baseline ({base / max(cost, 1):.2f}x); "
           f"{wall:.1f} s of wall time versus {trained:.1f} s the full trainings took ({trained / max(wall, 1e-9):.2f}x)")
     print(f"log: {exp.layout.unlearning_log}; check with: python3 unlearn.py --run_dir {exp.cfg.name} --verify")
     return 0

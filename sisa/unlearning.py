@@ -8,7 +8,9 @@ A request for face x of fold f (in shard s, slice l) is served in three steps:
   3. mark x forgotten in fold-f/partition.csv, append the request to unlearning/log.jsonl, move the
      new checkpoints into place, delete pending/.
 A crash before 2 leaves the run as it was (a rerun reuses the finished pending stages); a crash
-after 2 is rolled forward by the next command that opens the run (`finish_pending`).
+after 2 is rolled forward by the next command that opens the run (`finish_pending`). Several
+requests of one shard can be served as a batch: the shard retrains once, from the earliest of their
+slices, and one commit covers them all.
 
 Costs are counted in faces x epochs: retraining stages l..R-1 of one shard, against retraining all
 shards from scratch and against retraining the monolithic 1x1 baseline. `expected_cost` weighs every
@@ -73,6 +75,55 @@ def expected_cost(part: pd.DataFrame, cfg: RunConfig) -> dict:
             "speedup_vs_full": full / exp_cost, "speedup_vs_baseline": base / exp_cost}
 
 
+def batch_cost(part: pd.DataFrame, cfg: RunConfig, faces) -> tuple[int, dict[int, int]]:
+    """Faces x epochs to forget `faces` (training faces of one fold) together, and {shard: first slice}.
+
+    Each affected shard retrains once, from the earliest slice holding one of its requested faces,
+    on its stages without all of them: the SISA cost of a batch of requests."""
+    rows = part[part["filename"].isin(list(faces))]
+    first = rows.groupby("shard")["slice"].min().astype(int).to_dict()
+    after = part.copy()
+    after.loc[after["filename"].isin(list(faces)), "forgotten"] = True
+    costs = stage_costs(after, cfg)
+    return int(sum(costs[int(s), l:].sum() for s, l in first.items())), {int(s): l for s, l in first.items()}
+
+
+def expected_batch_cost(part: pd.DataFrame, cfg: RunConfig, k: int, draws: int = 1000, seed: int = 0,
+                        fold: int = 0) -> dict:
+    """Cost of serving k requests (drawn from the likelihood model) together, over `draws` batches.
+
+    Per request: the batch's cost divided by k. Monte Carlo, no training; like expected_cost, it
+    prices stages as they stand (the requested faces' own removal, k faces in thousands, is ignored),
+    so k=1 converges to expected_cost. Placement that gathers likely requesters in few shards pays
+    off here: their requests share one retraining per shard."""
+    costs = stage_costs(part, cfg)
+    tail = np.cumsum(costs[:, ::-1], axis=1)[:, ::-1]              # (S, R): from slice l on
+    train = part[(part["role"] == "train") & ~part["forgotten"]]
+    if k > len(train):
+        raise SisaError(f"a batch of {k} requests is more than the {len(train)} training faces left in fold {fold}")
+    p = request_probability(train["knowledge"].to_numpy(), train["high_likelihood"].to_numpy())
+    p = p / p.sum()
+    shard, slice_ = train["shard"].to_numpy(int), train["slice"].to_numpy(int)
+    gen = rng(seed, "batch-cost", fold, k)
+    full, base = int(costs.sum()), baseline_cost(part, cfg)
+    totals, shards_hit = np.empty(draws), np.empty(draws)
+    for d in range(draws):
+        pick = gen.choice(len(train), size=k, replace=False, p=p)
+        first = {}
+        for si, li in zip(shard[pick].tolist(), slice_[pick].tolist()):
+            first[si] = min(li, first.get(si, li))
+        totals[d] = sum(tail[si, li] for si, li in first.items())
+        shards_hit[d] = len(first)
+    per_request = totals / k
+    lo, hi = np.percentile(per_request, [2.5, 97.5])
+    return {"batch": k, "draws": draws, "per_request_faces_x_epochs": float(per_request.mean()),
+            "per_request_interval": [float(lo), float(hi)], "shards_retrained": float(shards_hit.mean()),
+            "full_faces_x_epochs": full, "baseline_faces_x_epochs": base,
+            # retraining all shards, or the monolithic model, would also serve a batch in one go
+            "batch_share_of_full": float(totals.mean() / full),
+            "speedup_vs_full": full / float(totals.mean()), "speedup_vs_baseline": base / float(totals.mean())}
+
+
 # ---- the pending request and its commit ---------------------------------------------------------
 def finish_pending(layout: RunLayout, only: Path | None = None) -> list[str]:
     """Roll committed but unfinished requests forward; returns the faces that were due.
@@ -84,17 +135,22 @@ def finish_pending(layout: RunLayout, only: Path | None = None) -> list[str]:
     commits = [only / "commit.json"] if only else sorted(layout.pending_dir.glob("fold-*/shard-*/commit.json"))
     for commit_path in [c for c in commits if c.exists()]:
         commit = read_json(commit_path)
-        fold, face, record = commit["fold"], commit["face"], commit["record"]
+        fold = commit["fold"]
+        # one request, or a batch served by one retraining (commits before batches held "face"/"record")
+        faces, records = commit.get("faces", [commit.get("face")]), commit.get("records", [commit.get("record")])
         with partition_lock(layout, fold):      # other ranks may commit other shards of this fold
             part = read_partition(layout.partition(fold))
-            if not part.loc[part["filename"] == face, "forgotten"].all():
-                part.loc[part["filename"] == face, "forgotten"] = True
+            mine = part["filename"].isin(faces)
+            if not part.loc[mine, "forgotten"].all():
+                part.loc[mine, "forgotten"] = True
                 write_bytes(layout.partition(fold), write_partition_csv(part))
         _fault("after_partition")
-        if record["request_id"] not in {r.get("request_id") for r in read_jsonl(layout.unlearning_log)}:
-            append_line(layout.unlearning_log, json.dumps(record))
-        shard = record["shard"]
-        for l in range(record["slice"], read_json(layout.config)["num_slices"]):
+        logged = {r.get("request_id") for r in read_jsonl(layout.unlearning_log)}
+        for record in records:
+            if record["request_id"] not in logged:
+                append_line(layout.unlearning_log, json.dumps(record))
+        shard, first = records[0]["shard"], commit.get("first_slice", records[0]["slice"])
+        for l in range(first, read_json(layout.config)["num_slices"]):
             src, dst = layout.pending_checkpoint(fold, shard, l), layout.checkpoint(fold, shard, l)
             if src.exists():
                 checkpoints.sidecar(dst).unlink(missing_ok=True)   # never let the old record vouch for new bytes
@@ -103,7 +159,7 @@ def finish_pending(layout: RunLayout, only: Path | None = None) -> list[str]:
             if checkpoints.sidecar(src).exists():
                 os.replace(checkpoints.sidecar(src), checkpoints.sidecar(dst))
         shutil.rmtree(commit_path.parent)
-        done.append(face)
+        done.extend(faces)
     if only is None:
         tidy_pending(layout)
     return done
@@ -162,17 +218,24 @@ def read_requests(path) -> list[str]:
     return [os.path.basename(n) for n in dict.fromkeys(names)]
 
 
-def serve(exp: Experiment, trainer, fold: int, face: str) -> dict:
-    """Forget one training face of one fold (see the module docstring); returns its log record."""
+def serve(exp: Experiment, trainer, fold: int, faces: list[str]) -> list[dict]:
+    """Forget training faces of one shard of one fold with one retraining (see the module docstring).
+
+    One face is a SISA request; several are a batch: the shard retrains once, from the earliest slice
+    holding one of them. Returns one log record per face, each carrying its share of the batch's cost."""
     layout, cfg = exp.layout, exp.cfg
     part = exp.partitions[fold]
-    _, shard, first = locate(part, face)
+    where = {face: locate(part, face) for face in faces}
+    shards = {shard for _, shard, _ in where.values()}
+    if len(shards) != 1 or any(state != "train" for state, _, _ in where.values()):
+        raise SisaError(f"a batch must be training faces of one shard, got {sorted(where.items())}")
+    shard, first = shards.pop(), min(sl for _, _, sl in where.values())
     t0 = time.perf_counter()
     new_part = part.copy()
-    new_part.loc[new_part["filename"] == face, "forgotten"] = True
-    exp.partitions[fold] = new_part        # stage hashes now exclude the face
+    new_part.loc[new_part["filename"].isin(faces), "forgotten"] = True
+    exp.partitions[fold] = new_part        # stage hashes now exclude the faces
     try:
-        request = {"fold": fold, "face": face}
+        request = {"fold": fold, "faces": sorted(faces)}
         here = layout.pending_checkpoint(fold, shard, 0).parent       # this shard's own pending folder
         req_path = here / "request.json"
         if req_path.exists() and read_json(req_path) != request:
@@ -189,32 +252,37 @@ def serve(exp: Experiment, trainer, fold: int, face: str) -> dict:
             trainer.run_shard(fold, shard, start, start_path=start_path, out_path=layout.pending_checkpoint,
                               metrics_path=layout.unlearning_dir / "metrics.jsonl")
         after = stage_costs(new_part, cfg)
-        cost, base = int(after[shard, first:].sum()), baseline_cost(new_part, cfg)
+        n, cost, full, base = len(faces), int(after[shard, first:].sum()), int(after.sum()), baseline_cost(new_part, cfg)
         # the records suffice for the seconds: verifying every checkpoint's bytes here would re-read the run
         trained_s = sum(read_json(checkpoints.sidecar(layout.checkpoint(fold, s, l))).get("train_seconds", 0)
                         for s in range(cfg.num_shards) for l in range(cfg.num_slices))
-        record = {"request_id": f"fold{fold}:{face}",          # a face is forgotten once per fold
-                  "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "face": face,
-                  "fold": fold, "shard": shard, "slice": first, "stages_retrained": list(range(first, cfg.num_slices)),
-                  "faces_x_epochs": cost, "full_faces_x_epochs": int(after.sum()),
-                  "baseline_faces_x_epochs": base,
-                  "share_of_full": cost / after.sum(), "speedup_vs_full": after.sum() / max(cost, 1),
-                  "speedup_vs_baseline": base / max(cost, 1),
-                  "wall_seconds": time.perf_counter() - t0, "full_training_seconds_recorded": trained_s}
-        write_json(here / "commit.json", {"fold": fold, "face": face, "record": record})
+        wall = time.perf_counter() - t0
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        records = [{"request_id": f"fold{fold}:{face}",          # a face is forgotten once per fold
+                    "time": now, "face": face, "fold": fold, "shard": shard, "slice": where[face][2],
+                    "batch_size": n, "stages_retrained": list(range(first, cfg.num_slices)),
+                    # a batch's costs are shared evenly by its requests: the log's sums stay true
+                    "faces_x_epochs": cost / n, "full_faces_x_epochs": full / n, "baseline_faces_x_epochs": base / n,
+                    "share_of_full": cost / n / full, "speedup_vs_full": full / max(cost, 1),
+                    "speedup_vs_baseline": base / max(cost, 1),
+                    "wall_seconds": wall / n, "full_training_seconds_recorded": trained_s / n}
+                   for face in faces]
+        write_json(here / "commit.json", {"fold": fold, "faces": list(faces), "first_slice": first, "records": records})
     except BaseException:
         exp.partitions[fold] = part        # nothing committed: the run is as it was
         raise
     _fault("after_commit")
     finish_pending(layout, only=here)
-    return record
+    return records
 
 
-def serve_plan(layout: RunLayout, opts: Options, plan: dict[int, list[str]], world: World = World()):
-    """Serve {fold: [faces]} one request at a time; yields (fold, face, log record) as each is committed.
+def serve_plan(layout: RunLayout, opts: Options, plan: dict[int, list[str]], world: World = World(),
+               batched: bool = False):
+    """Serve {fold: [faces]}; yields (fold, face, log record) as each request is committed.
 
-    Requests are grouped by (fold, shard) in the order given; with torchrun each rank serves its share
-    of the groups (round-robin), one request after another, in that shard's own pending folder.
+    Requests are grouped by (fold, shard) in the order given; each group is served one request after
+    another, or (`batched`) all at once by one retraining of the shard. With torchrun each rank serves
+    its share of the groups (round-robin), in that shard's own pending folder.
     """
     from .experiment import open_run
     from .training import Trainer
@@ -226,8 +294,9 @@ def serve_plan(layout: RunLayout, opts: Options, plan: dict[int, list[str]], wor
             groups.setdefault((fold, locate(exp.partitions[fold], face)[1]), []).append(face)
     trainer = Trainer(exp, opts)
     for (fold, _), names in world.mine(list(groups.items())):
-        for face in names:
-            yield fold, face, serve(exp, trainer, fold, face)
+        for batch in ([names] if batched else [[face] for face in names]):
+            for record in serve(exp, trainer, fold, batch):
+                yield fold, record["face"], record
     if not world.active:          # with torchrun, rank 0 tidies once every rank is done
         tidy_pending(layout)
 

@@ -19,7 +19,7 @@ from sisa.layout import PROJECT_ROOT, RunLayout
 from sisa.partition import read_partition, write_partition_csv
 from sisa.store import read_jsonl
 from sisa.training import train_run
-from sisa.unlearning import expected_cost, stage_costs
+from sisa.unlearning import expected_batch_cost, expected_cost, stage_costs
 
 TINY = dict(num_shards=2, num_slices=3, folds=1, epochs=1, image_size=24, model="cnn", test_per_cell=2,
             test_random=10, strategy="sorted-balanced", put_in="slice")
@@ -83,7 +83,12 @@ def test_unlearning_is_exact(run, faces_dir, cache_dir, tmp_path):
     face = train_face(run, 0, 0)
     (tmp_path / "req.txt").write_text(face + "\n")
     unlearn(run, "--requests", tmp_path / "req.txt")
-    # from scratch: the same run folder without checkpoints, the face marked forgotten from the start
+    assert_equals_scratch(run, tmp_path)
+
+
+def assert_equals_scratch(run, tmp_path):
+    """Every final shard model of `run` equals training from scratch without its forgotten faces."""
+    # from scratch: the same run folder without checkpoints, the faces marked forgotten from the start
     scratch = tmp_path / "scratch" / NAME
     scratch.mkdir(parents=True)
     for f in ("config.json", "run.json", "skipped.csv"):
@@ -96,6 +101,44 @@ def test_unlearning_is_exact(run, faces_dir, cache_dir, tmp_path):
         a = torch.load(run / "fold-0" / f"shard-{s}" / "slice-2.pt", weights_only=True)["model"]
         b = torch.load(scratch / "fold-0" / f"shard-{s}" / "slice-2.pt", weights_only=True)["model"]
         assert all(torch.equal(a[k], b[k]) for k in a), f"shard {s} differs"
+
+
+def test_a_batch_retrains_each_shard_once_and_is_exact(run, tmp_path):
+    part = read_partition(run / "fold-0" / "partition.csv")
+    train = part[part["role"] == "train"]
+    def faces(shard, slice_, n):
+        return train[(train["shard"] == shard) & (train["slice"] == slice_)]["filename"].iloc[:n].tolist()
+    batch1 = faces(1, 1, 1) + faces(1, 2, 2)          # shard 1 from slice 1: one retraining, not three
+    batch0 = faces(0, 2, 1)
+    before = digests(run)
+    (tmp_path / "req.txt").write_text("\n".join(batch1 + batch0) + "\n")
+    out = unlearn(run, "--requests", tmp_path / "req.txt", "--batched").stdout
+    assert "in a batch of 3" in out and "once per shard's batch" in out
+    after = digests(run)
+    assert {k for k in before if before[k] != after[k]} == {
+        "fold-0/shard-1/slice-1.pt", "fold-0/shard-1/slice-2.pt", "fold-0/shard-0/slice-2.pt"}
+    log = read_jsonl(run / "unlearning" / "log.jsonl")
+    part = read_partition(run / "fold-0" / "partition.csv")
+    costs = stage_costs(part, RunConfig(**TINY))
+    assert sorted(r["face"] for r in log) == sorted(batch1 + batch0) and part["forgotten"].sum() == 4
+    mine = [r for r in log if r["shard"] == 1]
+    assert [r["batch_size"] for r in mine] == [3, 3, 3] and all(r["stages_retrained"] == [1, 2] for r in mine)
+    assert sum(r["faces_x_epochs"] for r in mine) == pytest.approx(costs[1, 1:].sum())
+    assert [r["faces_x_epochs"] for r in log if r["shard"] == 0] == [costs[0, 2]]
+    assert "verified" in unlearn(run, "--verify").stdout
+    assert_equals_scratch(run, tmp_path)
+
+
+def test_a_crash_inside_a_batch_commit_is_rolled_forward(run):
+    proc = unlearn(run, "--sample", 4, "--batched", env={"SISA_FAULT": "after_partition"})
+    assert proc.returncode == 137
+    (commit,) = (run / "unlearning" / "pending").glob("fold-0/shard-*/commit.json")
+    due = json.loads(commit.read_text())["faces"]
+    out = unlearn(run, "--verify").stdout
+    assert "finished an interrupted unlearning request" in out and "verified" in out
+    log = read_jsonl(run / "unlearning" / "log.jsonl")
+    part = read_partition(run / "fold-0" / "partition.csv")
+    assert sorted(r["face"] for r in log) == sorted(due) == sorted(part.loc[part["forgotten"], "filename"])
 
 
 @pytest.mark.parametrize("fault", ["after_commit", "after_partition", "mid_move"])
@@ -164,9 +207,36 @@ def test_expected_cost_on_a_hand_worked_partition():
     assert e["speedup_vs_full"] == pytest.approx(18 / (w @ [9, 6, 9, 6]))
 
 
+def test_expected_cost_of_batches():
+    cfg = RunConfig(num_shards=2, num_slices=2, epochs=3, folds=1)
+    part = pd.DataFrame({"filename": list("abcde"), "role": ["train"] * 4 + ["test"],
+                         "shard": pd.array([0, 0, 1, 1, None], dtype="Int64"),
+                         "slice": pd.array([0, 1, 0, 1, None], dtype="Int64"),
+                         "knowledge": [0.4] * 5, "high_likelihood": [True, False, False, True, False],
+                         "forgotten": [False] * 5})
+    # every training face at once: both shards from slice 0, 18 faces x epochs, 4.5 per request
+    e = expected_batch_cost(part, cfg, 4, draws=20)
+    assert e["per_request_faces_x_epochs"] == 4.5 and e["shards_retrained"] == 2 and e["batch_share_of_full"] == 1
+    # one at a time, the Monte Carlo mean converges to the exact expectation
+    one = expected_batch_cost(part, cfg, 1, draws=20000)
+    assert one["per_request_faces_x_epochs"] == pytest.approx(expected_cost(part, cfg)["expected_faces_x_epochs"],
+                                                               rel=0.02)
+    # two requests: the high-likelihood faces a and d sit in different shards, so pairs mostly hit both
+    two = expected_batch_cost(part, cfg, 2, draws=4000, seed=1)
+    assert 1.5 < two["shards_retrained"] <= 2 and two["per_request_faces_x_epochs"] < one["per_request_faces_x_epochs"]
+    assert expected_batch_cost(part, cfg, 2, draws=4000, seed=1) == two      # the seed decides the draws
+    with pytest.raises(Exception, match="more than the 4 training faces"):
+        expected_batch_cost(part, cfg, 5)
+
+
 def test_cost_command_and_evaluate_after_unlearning(run, tmp_path):
     out = unlearn(run, "--cost").stdout
     assert "expected retraining per request" in out and "x faster" in out
+    out = unlearn(run, "--cost", "--batch_sizes", 1, 3, "--draws", 200).stdout
+    assert "batches of 1: 1.00 shard(s) retrained" in out and "batches of 3:" in out
+    assert "goes with --cost" in error_line(unlearn(run, "--sample", 1, "--batch_sizes", 2, check=False))
+    assert "goes with --requests or --sample" in error_line(unlearn(run, "--verify", "--batched", check=False))
+    assert not read_jsonl(run / "unlearning" / "log.jsonl")                 # refused: nothing served
     unlearn(run, "--sample", 2)
     sums = tmp_path / "s"
     run_script("evaluate.py", "--run_dir", run, "--summaries_dir", sums, "--n_boot", 100)
