@@ -102,6 +102,20 @@ def main(argv=None) -> int:
         print(f"| {t} | {100 * share:.1f} | {full:.2f}x / {base:.2f}x | {len(reqs)} | {pct(meas)} | "
               f"{'–' if wall != wall else f'{wall:.1f}'} |")
     print()
+    batched = [t for t in tags if configs[t].get("expected_unlearning_batches")]
+    if batched:
+        sizes = list(configs[batched[0]]["expected_unlearning_batches"])
+        print("| strategy | " + " | ".join(f"batches of {k}: shards retrained, batch cost (% of all shards)"
+                                            for k in sizes) + " |")
+        print("|---|" + "---|" * len(sizes))
+        for t in batched:
+            cells = []
+            for k in sizes:
+                e = configs[t]["expected_unlearning_batches"][k]
+                cells.append(f"{sum(x['shards_retrained'] for x in e) / len(e):.2f}, "
+                             f"{pct(sum(x['batch_share_of_full'] for x in e) / len(e))}")
+            print(f"| {t} | " + " | ".join(cells) + " |")
+        print()
     comp = next((configs[t]["composition"] for t in ("later-slices", *tags) if "composition" in configs.get(t, {})),
                 None)
     if comp:

@@ -39,6 +39,7 @@ CONFIGS = {
     "few-shards": dict(strategy="sorted-{test}", put_in="shard", num_shards=5, num_slices=3),
     "later-slices": dict(strategy="sorted-{test}", put_in="slice", num_shards=5, num_slices=3),
 }
+BATCH_SIZES = (5, 20)   # requests served together, for the expected cost of batches
 CPU_SMALL = dict(image_size=32, model="cnn", epochs=3, folds=2, limit=3000, test_per_cell=4, test_random=28)
 
 
@@ -85,6 +86,10 @@ def run_config(tag: str, cfg: RunConfig, opts: Options, summaries: Path, n_boot:
         out["fairness"] = fair["value"].to_dict()
         out["fairness_ci"] = {k: [fair.loc[k, "ci_low"], fair.loc[k, "ci_high"]] for k in fair.index}
         out["expected_unlearning"] = [unlearning.expected_cost(p, cfg) for p in exp.partitions]
+        if cfg.num_shards * cfg.num_slices > 1:   # requests gathered and served together (no training)
+            out["expected_unlearning_batches"] = {
+                str(k): [unlearning.expected_batch_cost(p, cfg, k, 1000, cfg.seed, f) for f, p in enumerate(exp.partitions)]
+                for k in BATCH_SIZES if all(k <= (q["role"] == "train").sum() for q in exp.partitions)}
         if sample and cfg.num_shards * cfg.num_slices > 1 and not read_jsonl(exp.layout.unlearning_log):
             t = time.perf_counter()
             plan = {k: unlearning.sample_requests(p, sample, cfg.seed, k) for k, p in enumerate(exp.partitions)}

@@ -33,5 +33,8 @@ def test_study_runs_every_phase_and_times_it(faces_dir, cache_dir, tmp_path):
                 "fairness", "fairness_ci", "top1", "composition", "expected_unlearning"} <= set(c)
     assert "unlearning_requests" not in base and len(later["unlearning_requests"]) == 2      # 1 per fold
     assert later["expected_unlearning"][0]["speedup_vs_full"] > 1
+    five = later["expected_unlearning_batches"]["5"]
+    assert len(five) == 2 and all(1 <= e["shards_retrained"] <= 5 for e in five)           # 2 folds, 5 shards
+    assert "expected_unlearning_batches" not in base
     assert r["compare"]["changes"] and r["unlearning_report"][1]["requests_served"] == 2
     assert (tmp_path / "s" / "study-balanced-24px-unlearning.png").exists()
