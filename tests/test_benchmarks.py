@@ -1,7 +1,10 @@
 """The benchmark scripts run on CPU with small settings, and their output has every field."""
 import json
+import subprocess
+import sys
 
 from helpers import run_script
+from sisa.layout import PROJECT_ROOT
 
 
 def test_pipeline_benchmark_reports_every_field(faces_dir, cache_dir, tmp_path):
@@ -36,5 +39,11 @@ def test_study_runs_every_phase_and_times_it(faces_dir, cache_dir, tmp_path):
     five = later["expected_unlearning_batches"]["5"]
     assert len(five) == 2 and all(1 <= e["shards_retrained"] <= 5 for e in five)           # 2 folds, 5 shards
     assert "expected_unlearning_batches" not in base
+    # the tables of RESULTS.md, from the study's own outputs
+    tables = subprocess.run([sys.executable, "benchmarks/results_tables.py", "--study", str(out), "--summaries_dir",
+                             str(tmp_path / "s"), "--n_boot", "50"], capture_output=True, text=True, check=True,
+                            cwd=PROJECT_ROOT).stdout
+    assert "| white | " in tables and "(75.9)" in tables and "| later-slices | " in tables
+    assert "batches of 5: shards retrained" in tables and "high unlearning likelihood" in tables
     assert r["compare"]["changes"] and r["unlearning_report"][1]["requests_served"] == 2
     assert (tmp_path / "s" / "study-balanced-24px-unlearning.png").exists()
