@@ -189,14 +189,19 @@ def test_verify_fails_on_a_planted_violation(run):
     assert proc.returncode == 1 and "fold 0 shard 1: VIOLATION" in proc.stdout and "fold 0 shard 0: OK" in proc.stdout
 
 
-def test_expected_cost_on_a_hand_worked_partition():
-    cfg = RunConfig(num_shards=2, num_slices=2, epochs=3, folds=1)
-    # shard 0: slice 0 = a (high), slice 1 = b ; shard 1: slice 0 = c, slice 1 = d (high); e is a test face
+def hand_worked():
+    """2 shards x 2 slices, 3 epochs. Shard 0: slice 0 = a (high likelihood), slice 1 = b; shard 1:
+    slice 0 = c, slice 1 = d (high); e is a test face."""
     part = pd.DataFrame({"filename": list("abcde"), "role": ["train"] * 4 + ["test"],
                          "shard": pd.array([0, 0, 1, 1, None], dtype="Int64"),
                          "slice": pd.array([0, 1, 0, 1, None], dtype="Int64"),
                          "knowledge": [0.4] * 5, "high_likelihood": [True, False, False, True, False],
                          "forgotten": [False] * 5})
+    return RunConfig(num_shards=2, num_slices=2, epochs=3, folds=1), part
+
+
+def test_expected_cost_on_a_hand_worked_partition():
+    cfg, part = hand_worked()
     assert stage_costs(part, cfg).tolist() == [[3, 6], [3, 6]]        # stage l has l+1 faces, 3 epochs
     lo = 0.001 * 0.4 * 0.34 / (1 - 0.66 * 0.4)                           # P(request | low, k=.4)
     w = np.array([0.001, lo, lo, 0.001]) / (2 * 0.001 + 2 * lo)
@@ -208,12 +213,7 @@ def test_expected_cost_on_a_hand_worked_partition():
 
 
 def test_expected_cost_of_batches():
-    cfg = RunConfig(num_shards=2, num_slices=2, epochs=3, folds=1)
-    part = pd.DataFrame({"filename": list("abcde"), "role": ["train"] * 4 + ["test"],
-                         "shard": pd.array([0, 0, 1, 1, None], dtype="Int64"),
-                         "slice": pd.array([0, 1, 0, 1, None], dtype="Int64"),
-                         "knowledge": [0.4] * 5, "high_likelihood": [True, False, False, True, False],
-                         "forgotten": [False] * 5})
+    cfg, part = hand_worked()
     # every training face at once: both shards from slice 0, 18 faces x epochs, 4.5 per request
     e = expected_batch_cost(part, cfg, 4, draws=20)
     assert e["per_request_faces_x_epochs"] == 4.5 and e["shards_retrained"] == 2 and e["batch_share_of_full"] == 1
