@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     print()
     batched = [t for t in tags if configs[t].get("expected_unlearning_batches")]
     if batched:
-        sizes = list(configs[batched[0]]["expected_unlearning_batches"])
+        sizes = sorted(configs[batched[0]]["expected_unlearning_batches"], key=int)
         print("| strategy | " + " | ".join(f"batches of {k}: shards retrained, batch cost (% of all shards)"
                                             for k in sizes) + " |")
         print("|---|" + "---|" * len(sizes))
