@@ -75,19 +75,6 @@ def expected_cost(part: pd.DataFrame, cfg: RunConfig) -> dict:
             "speedup_vs_full": full / exp_cost, "speedup_vs_baseline": base / exp_cost}
 
 
-def batch_cost(part: pd.DataFrame, cfg: RunConfig, faces) -> tuple[int, dict[int, int]]:
-    """Faces x epochs to forget `faces` (training faces of one fold) together, and {shard: first slice}.
-
-    Each affected shard retrains once, from the earliest slice holding one of its requested faces,
-    on its stages without all of them: the SISA cost of a batch of requests."""
-    rows = part[part["filename"].isin(list(faces))]
-    first = rows.groupby("shard")["slice"].min().astype(int).to_dict()
-    after = part.copy()
-    after.loc[after["filename"].isin(list(faces)), "forgotten"] = True
-    costs = stage_costs(after, cfg)
-    return int(sum(costs[int(s), l:].sum() for s, l in first.items())), {int(s): l for s, l in first.items()}
-
-
 def expected_batch_cost(part: pd.DataFrame, cfg: RunConfig, k: int, draws: int = 1000, seed: int = 0,
                         fold: int = 0) -> dict:
     """Cost of serving k requests (drawn from the likelihood model) together, over `draws` batches.
