@@ -154,7 +154,8 @@ def serve_all(args, exp, folds, opts, world) -> int:
     world.barrier()
     if world.rank != 0:
         return 0
-    unlearning.tidy_pending(exp.layout)
+    if world.active:             # serve_plan tidies itself when it is the only process
+        unlearning.tidy_pending(exp.layout)
     cost = sum(r["faces_x_epochs"] for r in records)
     full = sum(r["full_faces_x_epochs"] for r in records)
     base = sum(r["baseline_faces_x_epochs"] for r in records)

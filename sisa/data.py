@@ -131,11 +131,12 @@ def _read_cache(cache: Path, names: list[str]) -> tuple[np.ndarray, dict] | None
     try:
         index = json.loads(index_path.read_text())
         expected = index["digest"] if ":" in index["digest"] else f"crc32:{index['digest']}"   # before the prefix
-        if not checksum_available(digest_kind(expected)):
-            warnings.warn(f"image cache {cache} was checksummed with {digest_kind(expected)}, which this "
+        kind = digest_kind(expected)
+        if not checksum_available(kind):
+            warnings.warn(f"image cache {cache} was checksummed with {kind}, which this "
                           "machine lacks (pip install xxhash); rebuilding it")
             return None
-        images, digest = load_npy_checked(images_path, digest_kind(expected))
+        images, digest = load_npy_checked(images_path, kind)
         ok = (index.get("version") == CACHE_VERSION
               and sorted(index["names"] + [n for n, _ in index["unreadable"]]) == sorted(names)
               and list(images.shape) == index["shape"]

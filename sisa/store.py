@@ -84,8 +84,8 @@ def tree_digest(data: memoryview, kind: str | None = None) -> str:
 
 
 def digest_kind(digest: str) -> str:
-    """The checksum kind a tree_digest was made with ("crc32" for digests older than the prefix)."""
-    return digest.split(":", 1)[0] if ":" in digest else "crc32"
+    """The checksum kind a tree_digest was made with (the part before its colon)."""
+    return digest.split(":", 1)[0]
 
 
 def load_npy_checked(path: Path, kind: str | None = None) -> tuple[np.ndarray, str]:

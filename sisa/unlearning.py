@@ -60,13 +60,23 @@ def baseline_cost(part: pd.DataFrame, cfg: RunConfig) -> int:
     return int(((part["role"] == "train") & ~part["forgotten"]).sum()) * cfg.epochs
 
 
+def requesters(part: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The training faces not yet forgotten, and the probability that the next request is each one's."""
+    train = part[(part["role"] == "train") & ~part["forgotten"]]
+    p = request_probability(train["knowledge"].to_numpy(), train["high_likelihood"].to_numpy())
+    return train, p / p.sum()
+
+
+def retrain_from(costs: np.ndarray) -> np.ndarray:
+    """(S, R): faces x epochs of retraining shard s from slice l on, from stage_costs."""
+    return np.cumsum(costs[:, ::-1], axis=1)[:, ::-1]
+
+
 def expected_cost(part: pd.DataFrame, cfg: RunConfig) -> dict:
     """Expected faces x epochs to serve one request drawn from the likelihood model."""
     costs = stage_costs(part, cfg)
-    train = part[(part["role"] == "train") & ~part["forgotten"]]
-    w = request_probability(train["knowledge"].to_numpy(), train["high_likelihood"].to_numpy())
-    w = w / w.sum()
-    tail = np.cumsum(costs[:, ::-1], axis=1)[:, ::-1]          # (S, R): cost of retraining from slice l on
+    train, w = requesters(part)
+    tail = retrain_from(costs)
     per_face = tail[train["shard"].to_numpy(int), train["slice"].to_numpy(int)]
     full, base = int(costs.sum()), baseline_cost(part, cfg)
     exp_cost = float(w @ per_face)
@@ -84,12 +94,10 @@ def expected_batch_cost(part: pd.DataFrame, cfg: RunConfig, k: int, draws: int =
     so k=1 converges to expected_cost. Placement that gathers likely requesters in few shards pays
     off here: their requests share one retraining per shard."""
     costs = stage_costs(part, cfg)
-    tail = np.cumsum(costs[:, ::-1], axis=1)[:, ::-1]              # (S, R): from slice l on
-    train = part[(part["role"] == "train") & ~part["forgotten"]]
+    tail = retrain_from(costs)
+    train, p = requesters(part)
     if k > len(train):
         raise SisaError(f"a batch of {k} requests is more than the {len(train)} training faces left in fold {fold}")
-    p = request_probability(train["knowledge"].to_numpy(), train["high_likelihood"].to_numpy())
-    p = p / p.sum()
     shard, slice_ = train["shard"].to_numpy(int), train["slice"].to_numpy(int)
     gen = rng(seed, "batch-cost", fold, k)
     full, base = int(costs.sum()), baseline_cost(part, cfg)
@@ -186,12 +194,10 @@ def locate(part: pd.DataFrame, face: str) -> tuple[str, int | None, int | None]:
 
 def sample_requests(part: pd.DataFrame, n: int, seed: int, fold: int) -> list[str]:
     """n distinct training faces, each drawn with weight equal to its request probability."""
-    train = part[(part["role"] == "train") & ~part["forgotten"]]
+    train, p = requesters(part)
     if n > len(train):
         raise SisaError(f"--sample {n} is more than the {len(train)} training faces left in fold {fold}")
-    p = request_probability(train["knowledge"].to_numpy(), train["high_likelihood"].to_numpy())
-    pick = rng(seed, "requests", fold, int(part["forgotten"].sum())).choice(len(train), size=n, replace=False,
-                                                                           p=p / p.sum())
+    pick = rng(seed, "requests", fold, int(part["forgotten"].sum())).choice(len(train), size=n, replace=False, p=p)
     return train["filename"].to_numpy()[pick].astype(str).tolist()
 
 
