@@ -11,6 +11,7 @@ Writes summaries/<name>-<k>of<K>.pickle, -mean.pickle, -square.pickle (the origi
 from pathlib import Path
 
 from sisa.aggregation import AGGREGATIONS
+from sisa.config import TTA
 from sisa.cli import Parser, add_option_args, add_summaries_arg, options_from_args, positive_int, run_main
 
 
@@ -28,15 +29,19 @@ def get_args_parser() -> Parser:
     p.add_argument("--allow_partial", action="store_true", help="evaluate only the folds whose shard models are all trained")
     p.add_argument("--overwrite", action="store_true", help="replace existing summaries of the same name")
     p.add_argument("--n_boot", type=positive_int, default=1000, help="bootstrap resamples for the 95%% intervals (default 1000)")
+    p.add_argument("--tta", choices=TTA, default="auto",
+                   help="test-time augmentation: none, flip (mean of the logits of each face and its mirror image), or "
+                        "auto: the run's recipe decides (original: none, strong: flip) (default auto)")
     add_summaries_arg(p)
     add_option_args(p, new_run=False)
     return p
 
 
-def main() -> None:
-    args = get_args_parser().parse_args()
+def main(argv: list[str] | None = None) -> int | None:
+    args = get_args_parser().parse_args(argv)
     import pandas as pd
 
+    from sisa.commit import finish_and_report
     from sisa.evaluation import compare, evaluate_run
     from sisa.layout import run_layout
     from sisa.store import run_lock
@@ -52,10 +57,11 @@ def main() -> None:
         return
     layout = run_layout(args.run_dir, args.checkpoints_dir)
     with run_lock(layout.lock, "evaluate.py"):
+        finish_and_report(layout)              # an unlearning request a crash left committed
         out, fair = evaluate_run(layout, options_from_args(args), Path(args.summaries_dir), args.aggregation,
-                                 args.allow_partial, args.overwrite, args.name, args.n_boot)
+                                 args.allow_partial, args.overwrite, args.name, args.n_boot, args.tta)
     print(fair[["value", "ci_low", "ci_high", "fold_std"]].round(4).to_string())
-    print(f"wrote summaries/{out.name}-*: {out.mean.name}, {out.square.name}, {out.results_csv.name}, "
+    print(f"wrote {out.name}-*: {out.mean.name}, {out.square.name}, {out.results_csv.name}, "
           f"{out.fairness_csv.name}, figures {out.bars.name}, {out.heatmap.name}, {out.composition_png.name} "
           f"in {out.root}")
 

@@ -24,11 +24,12 @@ def get_args_parser() -> Parser:
     return p
 
 
-def main() -> None:
-    args = get_args_parser().parse_args()
+def main(argv: list[str] | None = None) -> int | None:
+    args = get_args_parser().parse_args(argv)
     import contextlib
 
     from sisa import distributed
+    from sisa.commit import finish_and_report
     from sisa.experiment import describe, open_run, prepare
     from sisa.layout import RunLayout
     from sisa.store import run_lock
@@ -40,6 +41,8 @@ def main() -> None:
     with run_lock(layout.lock, f"train.py{' (torchrun job)' if world.active else ''}") if world.rank == 0 \
             else contextlib.nullcontext():
         if world.rank == 0:
+            if layout.exists():
+                finish_and_report(layout)          # an unlearning request a crash left committed
             exp = prepare(cfg, opts)
             print(describe(exp))
         if args.dry_run:
@@ -51,7 +54,7 @@ def main() -> None:
             resolve_weights(exp)                   # recorded once, before any rank builds a model
         world.barrier()
         if world.rank != 0:
-            exp = open_run(layout, opts, finish=False)
+            exp = open_run(layout, opts)
         train_run(exp, opts, world)
         world.barrier()
     distributed.teardown(world)

@@ -30,6 +30,10 @@ def get_args_parser() -> Parser:
     p.add_argument("--batch_sizes", type=positive_int, nargs="+", metavar="K",
                    help="--cost: expected cost per request when K requests are served together (Monte Carlo)")
     p.add_argument("--draws", type=positive_int, default=1000, help="--cost --batch_sizes: batches drawn (default 1000)")
+    p.add_argument("--request_model", choices=("shared", "independent"), default="shared",
+                   help="--cost, --report: who requests unlearning. shared: one latent 'knows the law' draw drives both "
+                        "the high-likelihood flag and the request (the flagged request ~6x as often); independent: "
+                        "requests proportional to k, independent of the flag (default shared)")
     p.add_argument("--fold", type=count, default=None, help="only this fold (default: every fold)")
     p.add_argument("--seed", type=count, default=0, help="seed of --sample's draw (default 0)")
     p.add_argument("--out", default="unlearning-report", help="--report: file stem in --summaries_dir (default unlearning-report)")
@@ -39,17 +43,16 @@ def get_args_parser() -> Parser:
     return p
 
 
-def main() -> int:
-    args = get_args_parser().parse_args()
-    from sisa import unlearning
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    import contextlib
+
+    from sisa import distributed, unlearning
+    from sisa.commit import finish_and_report
     from sisa.errors import SisaError
     from sisa.experiment import open_run
     from sisa.layout import run_layout
     from sisa.store import run_lock
-
-    import contextlib
-
-    from sisa import distributed
 
     opts = options_from_args(args)
     world = distributed.setup(opts.device)       # torchrun: ranks share the requests' shards
@@ -58,6 +61,8 @@ def main() -> int:
         raise SisaError("--batch_sizes goes with --cost (to serve requests in batches, use --batched)")
     if args.batched and not serving:
         raise SisaError("--batched goes with --requests or --sample (for the cost of batches, use --cost --batch_sizes)")
+    if args.request_model != "shared" and not (args.cost or args.report):
+        raise SisaError("--request_model goes with --cost or --report (served requests are drawn by the shared model)")
     if world.rank != 0 and not serving:          # --verify, --cost, --report: rank 0 alone
         return distributed.teardown(world) or 0
     if args.report:
@@ -66,7 +71,11 @@ def main() -> int:
         raise SisaError("--run_dir is required (the run to unlearn from)")
     layout = run_layout(args.run_dir, args.checkpoints_dir)
     with run_lock(layout.lock, "unlearn.py") if world.rank == 0 else contextlib.nullcontext():
-        exp = open_run(layout, opts, with_images=False, finish=world.rank == 0)
+        if world.rank == 0:
+            finish_and_report(layout)          # an unlearning request a crash left committed
+        if serving:
+            world.barrier()                    # the other ranks read the run once it is finished
+        exp = open_run(layout, opts, with_images=False)
         folds = range(exp.cfg.folds) if args.fold is None else [args.fold]
         if args.fold is not None and args.fold >= exp.cfg.folds:
             raise SisaError(f"--fold {args.fold} does not exist: run {exp.cfg.name} has folds 0..{exp.cfg.folds - 1}")
@@ -81,13 +90,16 @@ def main() -> int:
                   f"{len(bad)} shard(s) fail verification: retrain them with train.py (same command as the run)")
             return 1 if bad else 0
         if args.cost:
+            model = args.request_model
+            print(f"request model: {model} ({'the flag and the request share one latent draw' if model == 'shared' else 'requests proportional to k, independent of the flag'})")
             for k in folds:
-                e = unlearning.expected_cost(exp.partitions[k], exp.cfg)
-                print(f"fold {k}: expected retraining per request {e['expected_faces_x_epochs']:,.0f} faces x epochs = "
-                      f"{100 * e['expected_share_of_full']:.1f}% of retraining all shards ({e['speedup_vs_full']:.2f}x faster), "
-                      f"{e['speedup_vs_baseline']:.2f}x faster than retraining the 1x1 baseline")
+                e = unlearning.expected_cost(exp.partitions[k], exp.cfg, model)
+                print(f"fold {k}: expected retraining per request {e['expected_faces_x_epochs']:,.0f} faces x epochs: "
+                      f"{e['speedup_vs_baseline']:.2f}x faster than retraining the 1x1 baseline; "
+                      f"{100 * e['expected_share_of_full']:.1f}% of retraining all shards ({e['speedup_vs_full']:.2f}x faster, "
+                      f"with --slice_epochs {exp.cfg.slice_epochs})")
                 for b in args.batch_sizes or []:
-                    e = unlearning.expected_batch_cost(exp.partitions[k], exp.cfg, b, args.draws, args.seed, k)
+                    e = unlearning.expected_batch_cost(exp.partitions[k], exp.cfg, b, args.draws, args.seed, k, model)
                     lo, hi = e["per_request_interval"]
                     print(f"fold {k}: batches of {b}: {e['shards_retrained']:.2f} shard(s) retrained per batch, "
                           f"{e['per_request_faces_x_epochs']:,.0f} faces x epochs per request [95% of batches: "
@@ -106,7 +118,7 @@ def plan_requests(args, exp, folds) -> dict:
     from sisa.errors import SisaError
     from sisa.evaluation import fold_problems
 
-    problems = {f: p for f, p in fold_problems(exp).items() if p and f in folds}
+    problems = {f: p for f, p in fold_problems(exp, every_slice=True).items() if p and f in folds}
     if problems:
         listed = "; ".join(f"fold {f}: {p[0]}" for f, p in problems.items())
         raise SisaError(f"run {exp.cfg.name} is not fully trained ({listed}); finish it with train.py before unlearning")
@@ -170,27 +182,29 @@ def serve_all(args, exp, folds, opts, world) -> int:
 
 
 def report(args, opts) -> int:
-    from pathlib import Path
-
+    """Read-only: it takes no lock and finishes nothing (a run being served may be read mid-request)."""
     import pandas as pd
 
     from sisa import plots, unlearning
+    from sisa.commit import pending_note
     from sisa.errors import SisaError
     from sisa.experiment import open_run
-    from sisa.layout import run_layout
+    from sisa.layout import SummaryLayout, run_layout, unlearning_report
     from sisa.store import write_text
 
-    out = Path(args.summaries_dir) / args.out
-    csv, png = out.with_name(out.name + ".csv"), out.with_name(out.name + ".png")
+    csv, png = unlearning_report(args.summaries_dir, args.out)
     if (csv.exists() or png.exists()) and not args.overwrite:
         raise SisaError(f"{csv} exists; pass --overwrite to replace it or --out for another name")
-    exps = [open_run(run_layout(r, args.checkpoints_dir), opts, with_images=False) for r in args.report]
+    layouts = [run_layout(r, args.checkpoints_dir) for r in args.report]
+    for note in filter(None, map(pending_note, layouts)):
+        print(f"note: {note}")
+    exps = [open_run(layout, opts, with_images=False) for layout in layouts]
     gaps = {}
     for e in exps:
-        f = Path(args.summaries_dir) / f"{e.cfg.name}-fairness.csv"
+        f = SummaryLayout(args.summaries_dir, e.cfg.name).fairness_csv
         if f.exists():
             gaps[e.cfg.name] = float(pd.read_csv(f, index_col=0).loc["gap (best - worst)", "value"])
-    table = unlearning.cost_report(exps, gaps)
+    table = unlearning.cost_report(exps, gaps, args.request_model)
     write_text(csv, table.to_csv(index=False))
     plots.cost_chart(table, png)
     print(table.round(4).to_string(index=False))

@@ -8,7 +8,11 @@ original  the study's pipeline: PIL images in memory, per-sample torchvision tra
           one model at a time
 ours      decoded uint8 faces on the training device, batched augmentation there (sisa.augment),
           bf16 autocast and channels_last on CUDA; 5 shard models stepping in turn, batch 128 each
-graphed   (CUDA only, experimental) ours with each shard's training step captured as a CUDA graph
+          (train.py's eager engine)
+graphed   (CUDA only) each shard's step captured as a CUDA graph by sisa.engine.GraphStep: exactly
+          train.py's `--engine graphs`
+graphed_fold  (CUDA only, experimental) the five shards' steps captured together in one graph
+compiled  (CUDA only, experimental) each shard model through torch.compile(mode="reduce-overhead")
 ceiling   (CUDA only) one model, batch 640: the same images in one step, the launch-free ceiling
 Also, on every device: loading the decoded cache versus decoding the JPEG files, per image.
 Ratios are measured in the same process on the same data; results go to benchmarks/results/ as JSON
@@ -19,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,11 +32,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sisa.augment import IMAGENET_MEAN, IMAGENET_STD, augment  # noqa: E402
+from sisa.augment import augment, blur_kernel  # noqa: E402
 from sisa.data import _decode, load_faces  # noqa: E402
+from sisa.device import device_name, resolve_device  # noqa: E402
+from sisa.engine import GraphStep, train_step  # noqa: E402
+from sisa.inputs import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from sisa.layout import DEFAULT_CACHE, DEFAULT_DATA, PROJECT_ROOT  # noqa: E402
 from sisa.model import build_model  # noqa: E402
-from sisa.training import train_step  # noqa: E402
+from sisa.recipe import RECIPES, make_optimizer  # noqa: E402
+
+ORIGINAL = RECIPES["original"]
 
 
 def _sync(dev: torch.device) -> None:
@@ -65,8 +73,9 @@ def original_style(images: np.ndarray, labels: np.ndarray, model_name: str, dev:
     from PIL import Image
 
     pil = [Image.fromarray(a) for a in images]
+    kx, ky, s_lo, s_hi = blur_kernel(images.shape[1])    # the original's (5, 9), (0.1, 5) at 200 px; scaled as ours
     tf = T.Compose([T.RandomHorizontalFlip(), T.ColorJitter(0.15, 0.2, 0.15, 0.05),
-                    T.RandomAffine(15, scale=(0.85, 1.2), shear=10, fill=128), T.GaussianBlur((5, 9), (0.1, 5)),
+                    T.RandomAffine(15, scale=(0.85, 1.2), shear=10, fill=128), T.GaussianBlur((kx, ky), (s_lo, s_hi)),
                     T.RandomAutocontrast(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD), _Noise()])
 
     class DS(torch.utils.data.Dataset):
@@ -90,54 +99,65 @@ def original_style(images: np.ndarray, labels: np.ndarray, model_name: str, dev:
         except StopIteration:
             it = iter(loader)
             x, y = next(it)
-        train_step(model, opt, x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), amp=False)
+        train_step(model, opt, x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), False, ORIGINAL)
     return timed(step, 3, steps, dev, batch)
 
 
 def ours(images: torch.Tensor, labels: torch.Tensor, model_name: str, dev: torch.device, shards: int, batch: int,
-         steps: int, graphed: bool = False) -> float:
-    """This project's step: device-resident uint8 faces, batched augmentation, S shard models in turn."""
+         steps: int, variant: str = "eager") -> float:
+    """This project's step: device-resident uint8 faces, batched augmentation, S shard models in turn.
+
+    variant: eager (train.py's eager engine), graphed (its graphs engine: one GraphStep per shard),
+    graphed_fold (all shards' steps in one CUDA graph), compiled (torch.compile reduce-overhead)."""
     amp = dev.type == "cuda"
     gen = torch.Generator(device=dev).manual_seed(0)
-    models, opts, graphs = [], [], []
+    capturable = variant in ("graphed", "graphed_fold")
+    lr = torch.tensor(ORIGINAL.lr, device=dev) if capturable else None
+    models, opts = [], []
     for s in range(shards):
         m, _ = build_model(model_name, "none", s)
         m = m.to(dev, memory_format=torch.channels_last).train()
-        models.append(m)
-        opts.append(torch.optim.Adam([q for q in m.parameters() if q.requires_grad], lr=6e-4,
-                                     capturable=graphed))
+        models.append(torch.compile(m, mode="reduce-overhead") if variant == "compiled" else m)
+        opts.append(make_optimizer(m, ORIGINAL, ORIGINAL.lr, capturable=capturable, lr_tensor=lr))
     n = len(images)
 
-    def batch_xy():
-        idx = torch.randint(n, (batch,), device=dev, generator=gen)
-        return augment(images[idx], gen), labels[idx]
+    def draw():
+        return torch.randint(n, (batch,), device=dev, generator=gen)
 
-    if graphed:   # capture each shard's forward+backward+Adam step once; replay with new static inputs
-        for m, o in zip(models, opts):
-            x0, y0 = batch_xy()
-            static_x, static_y = x0.clone(), y0.clone()
+    if variant == "graphed":
+        graphs = [GraphStep(m, o, images, labels, batch, augment, gen, ORIGINAL, amp) for m, o in zip(models, opts)]
+
+        def step():
+            for g in graphs:
+                g(draw())
+    elif variant == "graphed_fold":
+        bodies = [GraphStep(m, o, images, labels, batch, augment, gen, ORIGINAL, amp, capture=False)
+                  for m, o in zip(models, opts)]
+        for _ in range(3):                        # warm up (lazy state, cuDNN's choices) on a side stream
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(3):
-                    train_step(m, o, static_x, static_y, amp)
+                for b in bodies:
+                    b(draw())
             torch.cuda.current_stream().wait_stream(side)
-            g = torch.cuda.CUDAGraph()
-            o.zero_grad(set_to_none=True)
-            with torch.cuda.graph(g):
-                train_step(m, o, static_x, static_y, amp)
-            graphs.append((g, static_x, static_y))
+        fold_graph = torch.cuda.CUDAGraph()
+        fold_graph.register_generator_state(gen)
+        for b in bodies:
+            b.capture = True                      # inside the graph: no zero_grad, grads are overwritten
+            b.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(fold_graph):
+            for b in bodies:
+                b._body()
 
-    def step():
-        for s in range(shards):
-            x, y = batch_xy()
-            if graphed:
-                g, sx, sy = graphs[s]
-                sx.copy_(x)
-                sy.copy_(y)
-                g.replay()
-            else:
-                train_step(models[s], opts[s], x, y, amp)
+        def step():
+            for b in bodies:
+                b.idx.copy_(draw())
+            fold_graph.replay()
+    else:
+        def step():
+            for m, o in zip(models, opts):
+                idx = draw()
+                train_step(m, o, augment(images[idx], gen), labels[idx], amp, ORIGINAL)
     return timed(step, 3, steps, dev, shards * batch)
 
 
@@ -171,15 +191,13 @@ def main(argv=None) -> int:
     p.add_argument("--cache_sizes", type=int, nargs="+", default=None, help="sizes for the cache-versus-decode timing (default --sizes)")
     p.add_argument("--decode_sample", type=int, default=2000, help="files decoded to time decoding (default 2000)")
     p.add_argument("--out", type=Path, default=None, help="JSON result (default benchmarks/results/pipeline-<device>-<date>.json)")
-    p.add_argument("--no_progress", action="store_true", help="accepted for symmetry with the other scripts (no bars here)")
     a = p.parse_args(argv)
-    from sisa.training import resolve_device
     dev = resolve_device(a.device)
     cuda = dev.type == "cuda"
     sizes = a.sizes or ([200, 128] if cuda else [32])
     model_name = a.model or ("resnet18" if cuda else "cnn")
     steps = a.steps or (30 if cuda else 4)
-    name = torch.cuda.get_device_name(dev) if cuda else f"CPU x{os.cpu_count()} ({torch.get_num_threads()} threads)"
+    name = device_name(dev)
     res = {"device": name, "date": dt.date.today().isoformat(), "torch": torch.__version__, "model": model_name,
            "shards": a.shards, "batch": a.batch, "steps": steps, "workers_original": a.workers, "sizes": {}}
     for size in sizes:
@@ -193,10 +211,13 @@ def main(argv=None) -> int:
         r["ours_img_per_s"] = ours(dimgs, dlabels, model_name, dev, a.shards, a.batch, steps)
         r["ratio_ours_vs_original"] = r["ours_img_per_s"] / r["original_img_per_s"]
         if cuda:
-            for key, (shards, batch, graphed) in (("graphed", (a.shards, a.batch, True)),
-                                                  ("ceiling_one_model_batch", (1, a.shards * a.batch, False))):
+            for key, (shards, batch, variant) in (("graphed", (a.shards, a.batch, "graphed")),
+                                                  ("graphed_fold", (a.shards, a.batch, "graphed_fold")),
+                                                  ("compiled", (a.shards, a.batch, "compiled")),
+                                                  ("ceiling_one_model_batch", (1, a.shards * a.batch, "eager"))):
                 try:
-                    r[f"{key}_img_per_s"] = ours(dimgs, dlabels, model_name, dev, shards, batch, steps, graphed=graphed)
+                    r[f"{key}_img_per_s"] = ours(dimgs, dlabels, model_name, dev, shards, batch, steps, variant)
+                    r[f"ratio_{key}_vs_original"] = r[f"{key}_img_per_s"] / r["original_img_per_s"]
                 except Exception as e:   # experimental levers: record why they failed, keep the rest
                     r[f"{key}_error"] = f"{type(e).__name__}: {e}"[:500]
         res["sizes"][str(size)] = r

@@ -1,16 +1,20 @@
-"""Batched augmentation on the device that holds the images.
+"""Batched augmentation on the device that holds the images: the two recipes' augmentations.
 
 The decoded faces live in one uint8 tensor (N, H, W, 3) on the CPU or the GPU. A training batch is
 indexed out of it and augmented here with whole-batch tensor ops: every sample draws its own random
-parameters, but no Python loop runs over images and nothing goes through PIL. The recipe reproduces
-the original study's torchvision pipeline, in this order:
+parameters, but no Python loop runs over images, nothing goes through PIL, and nothing waits for the
+host (so a CUDA graph can capture it).
+
+`augment` is the original study's torchvision pipeline (recipe `original`), in this order:
 
   horizontal flip (p=0.5)
   colour jitter: brightness [0.85, 1.15], contrast [0.8, 1.2], saturation [0.85, 1.15], hue +-0.05
   random affine: rotation +-15 deg, scale [0.85, 1.2], x-shear +-10 deg, no translation, grey fill
-  Gaussian blur: kernel 5, 7 or 9, sigma [0.1, 5] (defined on 200 px faces: at other sizes the
-                 kernel radius and sigma scale with the image, so a 32 px face is blurred as much,
-                 relative to its size, as the original's 200 px one, not wiped out)
+  Gaussian blur on every face: the original wrote GaussianBlur(kernel_size=(5, 9), sigma=(0.1, 5)),
+                 which torchvision reads as one fixed kernel 5 px wide and 9 px tall (not a random
+                 size), sigma uniform in [0.1, 5] shared by both axes. Defined on 200 px faces: at
+                 other sizes the kernel radii and sigma scale with the face (`blur_kernel`), so a
+                 32 px face is blurred as much, relative to its size, as the original's 200 px one
   autocontrast (p=0.5)
   ImageNet normalisation
   Gaussian pixel noise, sigma 0.15, added after normalisation
@@ -18,35 +22,44 @@ the original study's torchvision pipeline, in this order:
 One deliberate difference: torchvision's ColorJitter applies its four adjustments in a random order
 per call; here the order is always brightness, contrast, saturation, hue.
 
+`flip_shift` is the strong recipe's: a horizontal flip (p=0.5) and a random shift of up to
+`shift_pixels(size, fraction)` px each way, the border reflected. The strong recipe uses no shift
+(fraction 0): at 32 px and 6 epochs a shift of 1/16 or 1/32 of the face cost accuracy (README "Recipes").
+
 All randomness comes from an explicit `torch.Generator` that lives on the images' device, so the same
-generator state gives the same augmented batch (bit-identical on the CPU).
+generator state gives the same augmented batch (bit-identical on the CPU), and each call draws a
+fixed amount from it, whatever the values turn out to be.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from .inputs import normalise_
 
 NOISE_STD = 0.15
 FILL = 0.5  # grey, in [0, 1] units, where the affine transform looks outside the image
 ORIGINAL_SIZE = 200  # px: the face size the original's blur parameters were chosen for
+BLUR_KERNEL = (5, 9)  # the original's kernel at 200 px: width (x) 5, height (y) 9
+BLUR_SIGMA = (0.1, 5.0)  # the original's sigma range at 200 px
 MAX_TAPS = 9  # the largest blur kernel; smaller kernels are this one with the outer taps zeroed
 
 
-def _normalise_(x: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalisation of (B,3,H,W) in [0,1], in place."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
+def blur_kernel(size: int) -> tuple[int, int, float, float]:
+    """(kernel width, kernel height, sigma low, sigma high) of the original's blur at `size` px.
+
+    At 200 px it is the original's (5, 9, 0.1, 5.0); at other sizes the radii and sigma scale with
+    the face, so the blur is the same relative to the face. The original-style benchmark pipeline
+    uses the same numbers, so both do the same thing at every size.
+    """
+    rel = size / ORIGINAL_SIZE
+    kx, ky = (min(MAX_TAPS, 2 * round((k - 1) / 2 * rel) + 1) for k in BLUR_KERNEL)
+    return kx, ky, BLUR_SIGMA[0] * rel, BLUR_SIGMA[1] * rel
 
 
-def to_input(batch_u8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(B,H,W,3) uint8 -> (B,3,H,W) float normalised, channels_last memory format; no randomness. Used for evaluation."""
-    # permute() of channels-last bytes is already a channels_last view, so this makes no extra copy.
-    x = batch_u8.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last).to(dtype).div_(255.0)
-    return _normalise_(x)
+def shift_pixels(size: int, fraction: float) -> int:
+    """The largest shift at `size` px for a shift of `fraction` of the face (0: none)."""
+    return round(size * fraction)
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
@@ -123,21 +136,27 @@ def _affine(x: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, shear: to
     return out.add_(FILL)
 
 
-def _blur(x: torch.Tensor, ksize: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur of (B,C,H,W) with a per-sample odd kernel size (B,) and sigma (B,)."""
+def _taps(kernel: int, sigma: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(B, 9) normalised Gaussian taps of an odd `kernel` size, per-sample sigma (B,), zero beyond the kernel."""
+    half = MAX_TAPS // 2
+    offsets = torch.arange(-half, half + 1, dtype=dtype, device=device)  # (9,)
+    taps = torch.exp(-0.5 * (offsets / sigma.view(-1, 1)) ** 2) * (offsets.abs() <= (kernel - 1) / 2)
+    return taps / taps.sum(1, keepdim=True)
+
+
+def _blur(x: torch.Tensor, kernel: tuple[int, int], sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of (B,C,H,W) with a kernel (width, height) and per-sample sigma (B,),
+    as torchvision's gaussian_blur(kernel_size=(width, height), sigma=(s, s))."""
     B, C, H, W = x.shape
     half = MAX_TAPS // 2
-    offsets = torch.arange(-half, half + 1, dtype=x.dtype, device=x.device)  # (9,)
-    taps = torch.exp(-0.5 * (offsets / sigma.view(-1, 1)) ** 2)  # (B, 9)
-    # A kernel of size k is the 9-tap kernel with taps beyond its radius zeroed, renormalised; with
-    # reflect padding of 4 this equals torchvision's blur padded by k // 2.
-    taps = taps * (offsets.abs() <= (ksize.view(-1, 1) - 1) / 2)
-    taps = taps / taps.sum(1, keepdim=True)
-    weight = taps.repeat_interleave(C, 0)  # (B*C, 9): one depthwise filter per sample and channel
+    # A kernel of size k is the 9-tap kernel with taps beyond its radius zeroed; with reflect padding
+    # of 4 this equals torchvision's blur padded by k // 2.
+    wx = _taps(kernel[0], sigma, x.dtype, x.device).repeat_interleave(C, 0)  # (B*C, 9): per sample and channel
+    wy = _taps(kernel[1], sigma, x.dtype, x.device).repeat_interleave(C, 0)
     # Samples become channels of one image so a grouped conv applies each sample's own kernel.
     y = x.reshape(1, B * C, H, W)
-    y = F.conv2d(F.pad(y, (half, half, 0, 0), mode="reflect"), weight.view(B * C, 1, 1, MAX_TAPS), groups=B * C)
-    y = F.conv2d(F.pad(y, (0, 0, half, half), mode="reflect"), weight.view(B * C, 1, MAX_TAPS, 1), groups=B * C)
+    y = F.conv2d(F.pad(y, (half, half, 0, 0), mode="reflect"), wx.view(B * C, 1, 1, MAX_TAPS), groups=B * C)
+    y = F.conv2d(F.pad(y, (0, 0, half, half), mode="reflect"), wy.view(B * C, 1, MAX_TAPS, 1), groups=B * C)
     return y.view(B, C, H, W)
 
 
@@ -162,22 +181,21 @@ def _uniform(u: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 
 
 def augment(batch_u8: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """(B,H,W,3) uint8 -> (B,3,H,W) float32 normalised+augmented, channels_last; all randomness from gen (which lives on batch_u8.device)."""
+    """The original recipe: (B,H,W,3) uint8 -> (B,3,H,W) float32 normalised+augmented, channels_last;
+    all randomness from gen (which lives on batch_u8.device)."""
     B, H, W, _ = batch_u8.shape
     if H != W:
         raise ValueError(f"augment expects square images, got {H}x{W}")
     # All per-sample parameters come from one draw of (B, 11) uniforms, then the noise: a fixed
-    # consumption of the generator, whatever the values turn out to be.
+    # consumption of the generator, whatever the values turn out to be. (Column 8 once drew a random
+    # kernel size, which the original never had; it is still drawn so the other columns keep their values.)
     u = torch.rand(B, 11, generator=gen, device=gen.device, dtype=torch.float32)  # (B, 11) in [0, 1)
     flip = u[:, 0] < 0.5
     brightness, contrast = _uniform(u[:, 1], 0.85, 1.15), _uniform(u[:, 2], 0.8, 1.2)
     saturation, hue = _uniform(u[:, 3], 0.85, 1.15), _uniform(u[:, 4], -0.05, 0.05)
     angle, scale, shear = _uniform(u[:, 5], -15.0, 15.0), _uniform(u[:, 6], 0.85, 1.2), _uniform(u[:, 7], -10.0, 10.0)
-    ksize = 5.0 + 2.0 * torch.floor(u[:, 8] * 3.0)  # 5, 7 or 9, each with probability 1/3 (at 200 px)
-    sigma = _uniform(u[:, 9], 0.1, 5.0)
-    rel = H / ORIGINAL_SIZE                           # blur in units of the face, not of pixels
-    ksize = (2.0 * torch.round((ksize - 1.0) / 2.0 * rel) + 1.0).clamp_(max=MAX_TAPS)
-    sigma = sigma * rel
+    kx, ky, s_lo, s_hi = blur_kernel(H)         # blur in units of the face, not of pixels
+    sigma = _uniform(u[:, 9], s_lo, s_hi)
     stretch = u[:, 10] < 0.5
     # Drawn as (B, H, W, 3) so that its permuted view already has the output's channels_last layout.
     noise = torch.randn(B, H, W, 3, generator=gen, device=gen.device, dtype=torch.float32).permute(0, 3, 1, 2)
@@ -188,7 +206,28 @@ def augment(batch_u8: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     # means, so it commutes with a mirror, and flip -> jitter -> affine is what runs.
     x = _colour_jitter(x, brightness, contrast, saturation, hue)
     x = _affine(x, angle, scale, shear, flip)
-    x = _blur(x, ksize, sigma)
+    x = _blur(x, (kx, ky), sigma)
     x = _autocontrast(x, apply=stretch)
     # Normalise, then add pixel noise in normalised units, written straight into the channels_last noise.
-    return noise.mul_(NOISE_STD).add_(_normalise_(x))
+    return noise.mul_(NOISE_STD).add_(normalise_(x))
+
+
+def flip_shift(batch_u8: torch.Tensor, gen: torch.Generator, shift: int = 0) -> torch.Tensor:
+    """The strong recipe: (B,H,W,3) uint8 -> (B,3,H,W) float32 normalised, each face mirrored with
+    p=0.5 and shifted by up to `shift` px in x and y (reflected border), channels_last."""
+    B, H, W, _ = batch_u8.shape
+    if H != W:
+        raise ValueError(f"flip_shift expects square images, got {H}x{W}")
+    s = shift
+    u = torch.rand(B, 3, generator=gen, device=gen.device, dtype=torch.float32)  # flip, dy, dx: always drawn
+    flip = u[:, 0] < 0.5
+    dy, dx = (torch.floor(u[:, 1:] * (2 * s + 1)).long()).unbind(1)  # offsets 0..2s into the padded face
+    x = batch_u8.permute(0, 3, 1, 2).float().div_(255.0)           # (B, 3, H, W) view of channels_last bytes
+    xp = F.pad(x, (s, s, s, s), mode="reflect")                      # (B, 3, H+2s, W+2s)
+    ar = torch.arange(H, device=x.device)
+    rows = (dy.view(B, 1) + ar).view(B, 1, H, 1).expand(B, 3, H, W + 2 * s)
+    cols = dx.view(B, 1) + ar                                        # (B, W): window into the padded row
+    # A mirrored face reads its window from right to left: the flip costs one index reversal.
+    cols = torch.where(flip.view(B, 1), cols.flip(1), cols).view(B, 1, 1, W).expand(B, 3, H, W)
+    out = xp.gather(2, rows).gather(3, cols)                         # (B, 3, H, W)
+    return normalise_(out.contiguous(memory_format=torch.channels_last))

@@ -17,8 +17,12 @@ from pathlib import Path
 
 import torch
 
+import pandas as pd
+
 from .config import RunConfig
 from .errors import SisaError
+from .layout import RunLayout
+from .partition import stage_hash
 from .store import read_json, write_bytes, write_json
 
 FORMAT = 1
@@ -100,3 +104,19 @@ def load_checkpoint(path: Path, cfg: RunConfig | None = None, stage_hash: str | 
         raise SisaError(f"checkpoint {path} belongs to another configuration ({'; '.join(diff)}); "
                         "it does not belong in this run folder")
     return ck
+
+
+def shard_statuses(layout: RunLayout, part: pd.DataFrame, fold: int, shard: int, num_slices: int,
+                   pending: bool = False) -> list[Status]:
+    """Status of every slice checkpoint of a shard (or of its pending copies) against the faces the
+    partition assigns each stage now: the one check training, evaluation and unlearning share."""
+    where = layout.pending_checkpoint if pending else layout.checkpoint
+    return [status(where(fold, shard, l), stage_hash(part, shard, l)) for l in range(num_slices)]
+
+
+def leading_ok(statuses: list[Status]) -> int:
+    """How many leading stages are complete and current."""
+    n = 0
+    while n < len(statuses) and statuses[n].state == "ok":
+        n += 1
+    return n

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from .config import MODELS, PUT_IN, SLICE_EPOCHS, STRATEGIES, RunConfig
+from .config import ENGINES, MODELS, PUT_IN, RECIPE_LR, RECIPE_NAMES, SLICE_EPOCHS, STRATEGIES, RunConfig
 from .errors import SisaError
 from .experiment import Options
 from .layout import DEFAULT_CACHE, DEFAULT_CHECKPOINTS, DEFAULT_DATA, DEFAULT_SUMMARIES
@@ -67,14 +67,22 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test_random", type=count, default=D.test_random,
                    help=f"balanced test set: extra faces at random, group 'random' (default {D.test_random})")
     g.add_argument("--seed", type=count, default=D.seed, help=f"the one seed of every random choice (default {D.seed})")
+    g.add_argument("--training_seed", type=count, default=None,
+                   help="another training run (initial weights, batch order, augmentation, dropout) on the same "
+                        "partitions and test faces (default: none, training draws from --seed)")
     g.add_argument("--limit", type=positive_int, default=None,
                    help="use a subsample of N faces stratified by race x age class, for quick runs (default: all faces)")
     g.add_argument("--image_size", type=_number(int, 16, "a whole number"), default=D.image_size,
                    help=f"side of the square faces in px (default {D.image_size}, the original's)")
     g.add_argument("--likelihood_factors", default=D.likelihood_factors,
                    help=f"factors of the GDPR knowledge k, comma-separated from age,gender,race, or none (default {D.likelihood_factors})")
+    g.add_argument("--recipe", choices=RECIPE_NAMES, default=D.recipe,
+                   help="original: the poster's Adam, step schedule and augmentations, bit for bit; strong: AdamW, "
+                        "one-cycle, logit-adjusted loss, flip and shift, flip test-time augmentation (README 'Recipes'; "
+                        f"default {D.recipe})")
     g.add_argument("--model", choices=MODELS, default=D.model,
-                   help=f"resnet18: the original's ResNet-18 classifier; cnn: its small 4-conv net for CPU runs (default {D.model})")
+                   help="resnet18: the original's ResNet-18 classifier; cnn: its small 4-conv net for CPU runs; "
+                        f"cnn-max: that net with max pooling, better at 32 px (default {D.model})")
     g.add_argument("--weights", default=D.weights,
                    help="auto: ImageNet weights if they can be had, else random with a warning; imagenet: fail without "
                         f"them; none: random; PATH: a local state dict (default {D.weights})")
@@ -82,13 +90,15 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--slice_epochs", choices=SLICE_EPOCHS, default=D.slice_epochs,
                    help=f"full: --epochs in every stage; sisa: about 2E/(R+1) per stage, as the SISA paper (default {D.slice_epochs})")
     g.add_argument("--batch_size", type=positive_int, default=D.batch_size, help=f"training batch per shard model (default {D.batch_size})")
-    g.add_argument("--lr", type=positive_float, default=D.lr, help=f"Adam learning rate, x0.2 after 40/60/80%% of each stage (default {D.lr})")
-    g.add_argument("--no_augment", action="store_true", help="train on plain normalised faces, without the original's augmentations")
+    g.add_argument("--lr", type=positive_float, default=None,
+                   help="peak learning rate (default: the recipe's, " +
+                        ", ".join(f"{k} {v:g}" for k, v in RECIPE_LR.items()) + ")")
+    g.add_argument("--no_augment", action="store_true", help="train on plain normalised faces, without the recipe's augmentations")
     g.add_argument("--run_name", default=D.run_name,
                    help="folder name under --checkpoints_dir (default <strategy>-<put_in>-<S>x<R>)")
 
 
-def add_option_args(p: argparse.ArgumentParser, new_run: bool = True) -> None:
+def add_option_args(p: argparse.ArgumentParser, new_run: bool = True, engine: bool = False) -> None:
     """Where and how; `new_run` False (evaluate, unlearn): the data defaults to what the run recorded."""
     g = p.add_argument_group("where and how (not part of the run's identity)")
     if new_run:
@@ -101,6 +111,10 @@ def add_option_args(p: argparse.ArgumentParser, new_run: bool = True) -> None:
         g.add_argument("--cache_dir", type=Path, default=None, help="decoded-image cache (default: the run's own, from run.json)")
     g.add_argument("--checkpoints_dir", type=Path, default=DEFAULT_CHECKPOINTS, help=f"where run folders live (default {DEFAULT_CHECKPOINTS})")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available (default auto)")
+    if new_run or engine:
+        g.add_argument("--engine", choices=ENGINES, default="eager",
+                       help="eager: every step launched from Python; graphs: each shard's step captured and replayed "
+                            "as a CUDA graph (CUDA only; on a CPU it falls back to eager) (default eager)")
     g.add_argument("--no_progress", action="store_true", help="no progress bars (for logs)")
 
 
@@ -112,26 +126,35 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     return RunConfig(image_size=a.image_size, limit=a.limit, likelihood_factors=a.likelihood_factors,
                      strategy=a.strategy, put_in=a.put_in, num_shards=a.num_shards, num_slices=a.num_slices,
                      folds=a.folds, test_per_cell=a.test_per_cell, test_random=a.test_random, seed=a.seed,
-                     model=a.model, weights=a.weights, epochs=a.epochs, slice_epochs=a.slice_epochs,
-                     batch_size=a.batch_size, lr=a.lr, augment=not a.no_augment, run_name=a.run_name)
+                     training_seed=a.training_seed, recipe=a.recipe, model=a.model, weights=a.weights,
+                     epochs=a.epochs, slice_epochs=a.slice_epochs, batch_size=a.batch_size, lr=a.lr,
+                     augment=not a.no_augment, run_name=a.run_name)
 
 
 def options_from_args(a: argparse.Namespace) -> Options:
     return Options(data_dir=a.data_dir, cache_dir=a.cache_dir,
                    checkpoints_dir=a.checkpoints_dir, strict_data=getattr(a, "strict_data", False),
                    overwrite=getattr(a, "overwrite", False), progress=not a.no_progress, device=a.device,
-                   wandb=getattr(a, "wandb", False))
+                   engine=getattr(a, "engine", "eager"), wandb=getattr(a, "wandb", False))
 
 
-def run_main(main: Callable[[], int | None], prog: str) -> None:
-    """Run a script's main(): SisaError -> one line on stderr, exit 1; Ctrl-C -> exit 130."""
+def run_main(main: Callable[[list[str] | None], int | None], prog: str, argv: list[str] | None = None,
+             exit: bool = True) -> int:
+    """Run a script's main(argv): SisaError -> one line on stderr, exit 1; Ctrl-C -> exit 130.
+
+    `exit=False` returns the status instead of exiting (the tests call the scripts in-process)."""
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     try:
-        sys.exit(main() or 0)
+        code = main(argv) or 0
     except SisaError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        code = 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; completed checkpoints are kept, rerun the same command to resume",
               file=sys.stderr)
-        sys.exit(130)
+        code = 130
+    except SystemExit as e:      # argparse: a usage error (2) or --help (0)
+        code = e.code if isinstance(e.code, int) else 1
+    if exit:
+        sys.exit(code)
+    return code

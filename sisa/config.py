@@ -19,8 +19,12 @@ PLACEMENTS = ("random", "sorted")          # how training faces are ordered into
 TEST_KINDS = ("random", "balanced", "kfold")  # how each fold's test set is drawn
 STRATEGIES = tuple(f"{p}-{t}" for p in PLACEMENTS for t in TEST_KINDS)
 PUT_IN = ("shard", "slice")
-MODELS = ("resnet18", "cnn")
+MODELS = ("resnet18", "cnn", "cnn-max")
 SLICE_EPOCHS = ("full", "sisa")
+RECIPE_LR = {"original": 6e-4, "strong": 2e-3}  # each recipe's default peak learning rate (see recipe.py)
+RECIPE_NAMES = tuple(RECIPE_LR)
+ENGINES = ("eager", "graphs")
+TTA = ("auto", "none", "flip")           # evaluate.py's test-time augmentation (auto: the recipe's choice)            # how a training step runs (engine.py); not part of a run's identity
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -39,17 +43,36 @@ class RunConfig:
     test_per_cell: int = 9                  # balanced test set: faces per (race, age class) cell
     test_random: int = 63                   # balanced test set: extra faces drawn at random (group "random")
     seed: int = 0                           # the one seed every random choice derives from
+    training_seed: int | None = None        # None: training draws from --seed; N: another training run (init,
+                                            # order, augmentation, dropout) on the same partitions and test faces
     # --- model and training -----------------------------------------------------------------
-    model: str = "resnet18"                 # resnet18 (the original's classifier) | cnn (small, for CPU runs)
+    recipe: str = "original"                # original (the poster's, bit for bit) | strong (see recipe.py)
+    model: str = "resnet18"                 # resnet18 (the original's classifier) | cnn (its small CNN) | cnn-max
     weights: str = "auto"                   # auto | imagenet | none | PATH to a state dict
     epochs: int = 15                        # epochs per slice stage (the original's 15)
     slice_epochs: str = "full"              # full: every stage gets --epochs; sisa: about 2E/(R+1) per stage
     batch_size: int = 128                   # training batch size per shard model
-    lr: float = 6e-4                        # Adam learning rate, x0.2 after 40%, 60%, 80% of each stage
-    augment: bool = True                    # the original's augmentations (off: plain normalised images)
+    lr: float | None = None                 # peak learning rate; None: the recipe's (original 6e-4, strong 2e-3)
+    augment: bool = True                    # the recipe's augmentations (off: plain normalised images)
     run_name: str = ""                      # folder name under checkpoints/; '' = <strategy>-<put_in>-<S>x<R>
 
+    def __post_init__(self) -> None:
+        if self.lr is None and self.recipe in RECIPE_LR:   # a bad recipe is reported by validate()
+            object.__setattr__(self, "lr", RECIPE_LR[self.recipe])
+
     # ---- derived ---------------------------------------------------------------------------
+    def stage_keys(self, fold: int, shard: int, slice_: int) -> tuple:
+        """The seed keys of one stage's random streams (batch order, augmentation, dropout)."""
+        return (self.seed, "train", *self._training(), fold, shard, slice_)
+
+    def init_keys(self, fold: int, shard: int) -> tuple:
+        """The seed keys of a shard model's initial weights."""
+        return (self.seed, "init", *self._training(), fold, shard)
+
+    def _training(self) -> tuple:
+        # None keeps the keys of runs made before training seeds existed, so they resume bit for bit
+        return () if self.training_seed is None else ("training-seed", self.training_seed)
+
     @property
     def placement(self) -> str:
         return self.strategy.split("-", 1)[0]
@@ -81,6 +104,8 @@ class RunConfig:
             raise bad("strategy", self.strategy, f"choose one of {', '.join(STRATEGIES)}")
         if self.put_in not in PUT_IN:
             raise bad("put_in", self.put_in, "choose shard or slice")
+        if self.recipe not in RECIPE_NAMES:
+            raise bad("recipe", self.recipe, f"choose one of {', '.join(RECIPE_NAMES)}")
         if self.model not in MODELS:
             raise bad("model", self.model, f"choose one of {', '.join(MODELS)}")
         if self.slice_epochs not in SLICE_EPOCHS:
@@ -99,7 +124,9 @@ class RunConfig:
             raise SisaError("the test set would be empty: set --test_per_cell or --test_random above 0")
         if self.limit is not None and self.limit < 1:
             raise bad("limit", self.limit, "give a number of faces >= 1, or leave it out for all faces")
-        if not self.lr > 0:
+        if self.training_seed is not None and self.training_seed < 0:
+            raise bad("training_seed", self.training_seed, "it must be a whole number >= 0")
+        if self.lr is None or not self.lr > 0:
             raise bad("lr", self.lr, "the learning rate must be > 0")
         if self.run_name and not _NAME_OK.match(self.run_name):
             raise bad("run_name", self.run_name, "use letters, digits and . _ + - only (no slashes)")

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .device import wants_cuda
+
 
 @dataclass(frozen=True)
 class World:
@@ -62,7 +64,7 @@ def setup(device: str) -> World:
     if size == 1:
         return World()
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    cuda = wants_cuda(device)
     if cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():

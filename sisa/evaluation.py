@@ -3,9 +3,10 @@
     python3 evaluate.py --run_dir sorted-balanced-slice-5x3
     python3 evaluate.py --compare baseline-1x1 random-balanced-slice-5x3 sorted-balanced-slice-5x3
 
-Logits are saved per fold with the digests of the checkpoints that produced them, so evaluating
-again (another aggregation, more bootstrap samples) needs no model and no GPU until a checkpoint
-changes (after unlearning, say).
+Logits are saved per fold with the digests of the checkpoints that produced them, for the faces as
+they are and mirrored, so evaluating again (another aggregation, with or without flip test-time
+augmentation, more bootstrap samples) needs no model and no GPU until a checkpoint changes (after
+unlearning, say).
 """
 from __future__ import annotations
 
@@ -21,30 +22,43 @@ import torch
 
 from . import checkpoints, fairness, plots
 from .aggregation import AGGREGATIONS, rank, scores
-from .augment import to_input
+from .config import TTA
 from .data import RACES
+from .device import resolve_device
 from .errors import SisaError
 from .experiment import Experiment, Options, open_run, versions
-from .layout import RunLayout, SummaryLayout
+from .inputs import mirror, to_input
+from .layout import RunLayout, SummaryLayout, compare_stem
 from .model import build_model
+from .partition import stage_hash
 from .store import write_bytes, write_json, write_text
-from .training import resolve_device, stage_hash
 
 EVAL_BATCH = 256
 
 
-def fold_problems(exp: Experiment) -> dict[int, list[str]]:
-    """For each fold, what keeps it from being evaluated (empty list: complete)."""
-    cfg, last = exp.cfg, exp.cfg.num_slices - 1
+def fold_problems(exp: Experiment, every_slice: bool = False) -> dict[int, list[str]]:
+    """For each fold, what keeps it from being used (empty list: complete). Evaluation needs every
+    shard's final checkpoint; unlearning (`every_slice`) needs every checkpoint it may restart from."""
+    cfg = exp.cfg
     out = {}
     for fold in range(cfg.folds):
         problems = []
         for shard in range(cfg.num_shards):
-            st = checkpoints.status(exp.layout.checkpoint(fold, shard, last), stage_hash(exp, fold, shard, last)[1])
-            if st.state != "ok":
-                problems.append(f"shard {shard} slice {last} {st.state}")
+            states = checkpoints.shard_statuses(exp.layout, exp.partitions[fold], fold, shard, cfg.num_slices)
+            for l, st in enumerate(states):
+                if st.state != "ok" and (every_slice or l == cfg.num_slices - 1):
+                    problems.append(f"shard {shard} slice {l} {st.state}")
         out[fold] = problems
     return out
+
+
+def resolve_tta(tta: str, recipe: str) -> str:
+    if tta not in TTA:
+        raise SisaError(f"--tta {tta!r} is invalid: choose one of {', '.join(TTA)}")
+    if tta != "auto":
+        return tta
+    from .recipe import get_recipe
+    return get_recipe(recipe).tta
 
 
 def _test_rows(exp: Experiment, fold: int) -> np.ndarray:
@@ -52,23 +66,28 @@ def _test_rows(exp: Experiment, fold: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def shard_logits(exp: Experiment, fold: int, device: torch.device) -> np.ndarray:
-    """(S, n_test, 7) logits of every shard's final model on the fold's test faces."""
+def shard_logits(exp: Experiment, fold: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(S, n_test, 7) logits of every shard's final model on the fold's test faces, as they are and
+    mirrored left-right (for flip test-time augmentation)."""
     images = torch.from_numpy(exp.images[_test_rows(exp, fold)]).to(device)   # (n_test, H, W, 3): a copy
     batches = torch.arange(len(images), device=device).split(EVAL_BATCH)
-    out = []
+    last = exp.cfg.num_slices - 1
+    plain, flipped = [], []
     for shard in range(exp.cfg.num_shards):
-        path = exp.layout.checkpoint(fold, shard, exp.cfg.num_slices - 1)
-        ck = checkpoints.load_checkpoint(path, exp.cfg, stage_hash(exp, fold, shard, exp.cfg.num_slices - 1)[1])
+        path = exp.layout.checkpoint(fold, shard, last)
+        ck = checkpoints.load_checkpoint(path, exp.cfg, stage_hash(exp.partitions[fold], shard, last))
         model, _ = build_model(exp.cfg.model, "none", 0)     # architecture only: the weights come from ck
         model.load_state_dict(ck["model"])
         model = model.to(device, memory_format=torch.channels_last).eval()
-        chunks = []
+        a, b = [], []
         for idx in batches:
+            x = to_input(images[idx])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                chunks.append(model(to_input(images[idx])).float().cpu())
-        out.append(torch.cat(chunks).numpy())
-    return np.stack(out)
+                a.append(model(x).float().cpu())
+                b.append(model(mirror(x)).float().cpu())
+        plain.append(torch.cat(a).numpy())
+        flipped.append(torch.cat(b).numpy())
+    return np.stack(plain), np.stack(flipped)
 
 
 def _final_digests(exp: Experiment, fold: int) -> list[str]:
@@ -76,25 +95,29 @@ def _final_digests(exp: Experiment, fold: int) -> list[str]:
     return [checkpoints.status(exp.layout.checkpoint(fold, s, last)).record["digest"] for s in range(exp.cfg.num_shards)]
 
 
-def fold_logits(exp: Experiment, fold: int, opts: Options) -> np.ndarray:
-    """Saved logits if they came from the current checkpoints, else computed (and saved)."""
+def fold_logits(exp: Experiment, fold: int, opts: Options, tta: str = "none") -> np.ndarray:
+    """(S, n_test, 7) shard logits of a fold, with flip test-time augmentation the mean of the
+    logits of the face and of its mirror image. Saved logits are used if they came from the current
+    checkpoints; otherwise they are computed (and saved)."""
     path, digests = exp.layout.logits(fold), _final_digests(exp, fold)
     names = exp.partitions[fold]["filename"].to_numpy()[_test_rows(exp, fold)].astype(str)
+    plain = flipped = None
     if path.exists():
         try:
             with np.load(path, allow_pickle=False) as z:
                 if list(z["checkpoint_digests"]) == digests and list(z["filenames"]) == list(names):
-                    return z["shard_logits"]
+                    plain, flipped = z["shard_logits"], z["shard_logits_flip"]
         except Exception:
-            pass   # damaged or old: recompute
-    if exp.images.size == 0:
-        raise LookupError("images needed")
-    logits = shard_logits(exp, fold, resolve_device(opts.device))
-    buf = io.BytesIO()
-    np.savez(buf, shard_logits=logits, filenames=names, checkpoint_digests=np.array(digests),
-             **{f"ensemble_{m}": scores(logits, m) for m in AGGREGATIONS})
-    write_bytes(path, buf.getvalue())
-    return logits
+            pass   # damaged, or written before mirrored logits were kept: recompute
+    if plain is None:
+        if exp.images.size == 0:
+            raise LookupError("images needed")
+        plain, flipped = shard_logits(exp, fold, resolve_device(opts.device))
+        buf = io.BytesIO()
+        np.savez(buf, shard_logits=plain, shard_logits_flip=flipped, filenames=names,
+                 checkpoint_digests=np.array(digests), **{f"ensemble_{m}": scores(plain, m) for m in AGGREGATIONS})
+        write_bytes(path, buf.getvalue())
+    return (plain + flipped) / 2 if tta == "flip" else plain
 
 
 def predictions(exp: Experiment, fold: int, logits: np.ndarray, aggregation: str) -> pd.DataFrame:
@@ -132,8 +155,12 @@ def summary_name(exp: Experiment) -> str:
 
 def evaluate_run(layout: RunLayout, opts: Options, summaries_dir: Path, aggregation: str = "sum_logits",
                  allow_partial: bool = False, overwrite: bool = False, name: str | None = None,
-                 n_boot: int = 1000) -> tuple[SummaryLayout, pd.DataFrame]:
+                 n_boot: int = 1000, tta: str = "auto") -> tuple[SummaryLayout, pd.DataFrame]:
+    """Evaluate a run (the caller holds its lock) into summaries; nothing is written unless all of it
+    could be computed. With `overwrite`, the summaries of this name are replaced, per-fold pickles of
+    another fold count included."""
     exp = open_run(layout, opts, with_images=False)
+    tta = resolve_tta(tta, exp.cfg.recipe)
     problems = fold_problems(exp)
     incomplete = {f: p for f, p in problems.items() if p}
     if incomplete and not allow_partial:
@@ -142,9 +169,11 @@ def evaluate_run(layout: RunLayout, opts: Options, summaries_dir: Path, aggregat
                         "or pass --allow_partial to evaluate only the complete folds")
     folds = [f for f, p in problems.items() if not p]
     if not folds:
-        raise SisaError(f"run {exp.cfg.name} has no complete fold to evaluate; train it first")
+        listed = "; ".join(f"fold {f}: {', '.join(p)}" for f, p in incomplete.items())
+        raise SisaError(f"run {exp.cfg.name} has no complete fold to evaluate ({listed}); finish it with train.py")
     out = SummaryLayout(Path(summaries_dir), name or summary_name(exp))
-    existing = [p for p in out.all_files(len(folds)) if p.exists()]
+    existing = [p for p in out.all_files(len(folds)) if p.exists()] + \
+        [p for p in out.fold_pickles() if p not in out.all_files(len(folds))]
     if existing and not overwrite:
         raise SisaError(f"summaries for {out.name} exist already ({existing[0].name}, ...); pass --overwrite "
                         "to replace them or --name to write them under another name")
@@ -152,15 +181,16 @@ def evaluate_run(layout: RunLayout, opts: Options, summaries_dir: Path, aggregat
     logits = {}
     for fold in folds:
         try:
-            logits[fold] = fold_logits(exp, fold, opts)
+            logits[fold] = fold_logits(exp, fold, opts, tta)
         except LookupError:
             exp = open_run(layout, opts, with_images=True)   # images are only needed for new logits
-            logits[fold] = fold_logits(exp, fold, opts)
+            logits[fold] = fold_logits(exp, fold, opts, tta)
     pred = pd.concat([predictions(exp, f, logits[f], aggregation) for f in folds], ignore_index=True)
     tidy = fairness.tidy_metrics(pred)
     per_fold, mean, square = fairness.original_summaries(tidy)
     fair = fairness.fairness_table(pred, exp.cfg.test_kind, n_boot)
     info = {"run": exp.cfg.name, "run_dir": str(layout.root), "summary": out.name, "aggregation": aggregation,
+            "tta": tta, "recipe": exp.cfg.recipe,
             "folds_evaluated": folds, "folds_in_run": exp.cfg.folds, "test_kind": exp.cfg.test_kind,
             "weights_used": exp.manifest.get("weights_used"),
             "faces_forgotten": {f"fold-{f}": int(exp.partitions[f]["forgotten"].sum()) for f in folds},
@@ -170,6 +200,9 @@ def evaluate_run(layout: RunLayout, opts: Options, summaries_dir: Path, aggregat
     tidy_out = fairness.plain(tidy.assign(run=out.name))
     # --- write ----------------------------------------------------------------------------------
     summaries_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out.fold_pickles():          # of another fold count: they would mix into readers' globs
+        if stale not in out.all_files(len(folds)):
+            stale.unlink()
     for k, (fold, summary) in enumerate(zip(folds, per_fold), start=1):
         write_bytes(out.fold(k, len(folds)), pickle.dumps(summary))
     write_bytes(out.mean, pickle.dumps(mean))
@@ -210,9 +243,7 @@ def compare(names: list[str], summaries_dir: Path, n_boot: int = 1000) -> tuple[
         side.loc["top1 random", n] = top1.get("random", np.nan)
         side.loc["top1 all_races", n] = top1.get("all_races", np.nan)
         side.loc["faces forgotten", n] = info.get("unlearning_requests_served", 0)
-    stem = Path(summaries_dir) / f"compare-{names[0]}-vs-{'+'.join(names[1:])}"
-    if len(stem.name) > 150:
-        stem = stem.with_name(f"compare-{names[0]}-vs-{len(names) - 1}-runs")
+    stem = compare_stem(summaries_dir, names)
     write_text(stem.with_name(stem.name + "-side.csv"), side.to_csv())
     write_text(stem.with_name(stem.name + "-changes.csv"), changes.to_csv(index=False))
     decrease = {n: side[n].filter(like="decrease").rename(lambda s: s.split()[1]) for n in names}

@@ -3,7 +3,9 @@
 `prepare(cfg, opts)` is what `train.py` (also with `--dry_run`) calls: it loads the faces, draws the
 likelihood, builds the partitions and writes them, or re-opens an existing run after checking that
 it was made by the same configuration from the same data. `open_run(layout, opts)` is what
-`evaluate.py` and `unlearn.py` call to read a run back, with its images.
+`evaluate.py` and `unlearn.py` call to read a run back, with its images. Neither finishes an
+interrupted unlearning commit: a command holding the run's lock does that first (commit.py), so
+reading a run never writes to it.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class Options:
     overwrite: bool = False
     progress: bool = True
     device: str = "auto"
+    engine: str = "eager"           # eager | graphs (CUDA graphs; see engine.py)
     wandb: bool = False
 
 
@@ -84,12 +87,6 @@ def _faces_of_run(cfg: RunConfig, opts: Options) -> tuple[Faces, pd.DataFrame, n
     return faces, table, images
 
 
-def _finish_unlearning(layout: RunLayout) -> None:
-    from .unlearning import finish_pending   # late: unlearning builds on this module
-    for face in finish_pending(layout):
-        print(f"finished an interrupted unlearning request: {face} is now forgotten")
-
-
 def _clear(layout: RunLayout) -> None:
     """Empty a run folder for --overwrite, keeping the LOCK file this process holds."""
     for p in layout.root.iterdir():
@@ -103,7 +100,6 @@ def prepare(cfg: RunConfig, opts: Options) -> Experiment:
     opts = dataclasses.replace(opts, data_dir=opts.data_dir or DEFAULT_DATA, cache_dir=opts.cache_dir or DEFAULT_CACHE)
     layout = RunLayout((Path(opts.checkpoints_dir) / cfg.name).resolve())
     if layout.exists():
-        _finish_unlearning(layout)
         old = RunConfig.from_dict(read_json(layout.config))
         if old != cfg:
             if not opts.overwrite:
@@ -155,13 +151,9 @@ def prepare(cfg: RunConfig, opts: Options) -> Experiment:
     return Experiment(cfg, layout, table, images, partitions, faces.skipped, manifest)
 
 
-def open_run(layout: RunLayout, opts: Options, with_images: bool = True, finish: bool = True) -> Experiment:
+def open_run(layout: RunLayout, opts: Options, with_images: bool = True) -> Experiment:
     """Read a run back: its config, partitions (with forgotten faces) and, optionally, its images.
-
-    `finish`: first roll forward unlearning requests a crash left committed but unfinished (only the
-    process holding the run's lock may do that; other torchrun ranks pass False)."""
-    if finish:
-        _finish_unlearning(layout)
+    Writes nothing."""
     cfg = RunConfig.from_dict(read_json(layout.config))
     manifest = read_json(layout.manifest)
     partitions = []

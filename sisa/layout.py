@@ -11,8 +11,11 @@
         fold-<k>/metrics.jsonl      one record per training epoch
         fold-<k>/logits.npz         evaluation: every shard model's logits on the test faces
         unlearning/log.jsonl        append-only record of served deletion requests
-        unlearning/pending/fold-<k>/shard-<s>/   checkpoints being retrained, moved into place once committed
+        unlearning/metrics.jsonl    one record per retraining epoch
+        unlearning/pending/fold-<k>/shard-<s>/   a request being served: request.json, the retrained
+                                    checkpoints, then commit.json; moved into place once committed
     summaries/<name>-<k>of<K>.pickle, -mean.pickle, -square.pickle, -results.csv/.pickle, ...
+    reports/<study>/                study.py: study.json, report.md, report.json, figures, predictions
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ DEFAULT_CHECKPOINTS = PROJECT_ROOT / "checkpoints"
 DEFAULT_SUMMARIES = PROJECT_ROOT / "summaries"
 DEFAULT_DATA = PROJECT_ROOT / "data" / "UTKFace"
 DEFAULT_CACHE = PROJECT_ROOT / "data" / "cache"
+DEFAULT_REPORTS = PROJECT_ROOT / "reports"
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class RunLayout:
     lock = property(lambda self: self.root / "LOCK")
     unlearning_dir = property(lambda self: self.root / "unlearning")
     unlearning_log = property(lambda self: self.root / "unlearning" / "log.jsonl")
+    unlearning_metrics = property(lambda self: self.root / "unlearning" / "metrics.jsonl")
     pending_dir = property(lambda self: self.root / "unlearning" / "pending")
 
     def fold_dir(self, fold: int) -> Path:
@@ -62,8 +67,27 @@ class RunLayout:
     def checkpoint(self, fold: int, shard: int, slice_: int) -> Path:
         return self.fold_dir(fold) / f"shard-{shard}" / f"slice-{slice_}.pt"
 
+    def pending_shard(self, fold: int, shard: int) -> Path:
+        """One shard's own pending folder: a request being served there, until it is committed."""
+        return self.pending_dir / f"fold-{fold}" / f"shard-{shard}"
+
     def pending_checkpoint(self, fold: int, shard: int, slice_: int) -> Path:
-        return self.pending_dir / f"fold-{fold}" / f"shard-{shard}" / f"slice-{slice_}.pt"
+        return self.pending_shard(fold, shard) / f"slice-{slice_}.pt"
+
+    @staticmethod
+    def pending_request(shard_dir: Path) -> Path:
+        return shard_dir / "request.json"
+
+    @staticmethod
+    def pending_commit(shard_dir: Path) -> Path:
+        return shard_dir / "commit.json"
+
+    def pending_commits(self) -> list[Path]:
+        """Every commit.json of a request committed but not yet finished, in a stable order."""
+        return sorted(self.pending_dir.glob("fold-*/shard-*/commit.json"))
+
+    def partition_lock(self, fold: int) -> Path:
+        return self.unlearning_dir / f".partition-{fold}.lock"
 
     def exists(self) -> bool:
         return self.config.exists()
@@ -107,7 +131,45 @@ class SummaryLayout:
     heatmap = property(lambda self: self.root / f"{self.name}-heatmap.png")
     composition_png = property(lambda self: self.root / f"{self.name}-composition.png")
 
+    def fold_pickles(self) -> list[Path]:
+        """Per-fold pickles of this name for any fold count (an evaluation of another count leaves its own)."""
+        return sorted(self.root.glob(f"{self.name}-*of*.pickle"))
+
     def all_files(self, folds: int) -> list[Path]:
         return [*(self.fold(k, folds) for k in range(1, folds + 1)), self.mean, self.square,
                 self.results_csv, self.results_pickle, self.fairness_csv, self.predictions, self.info,
                 self.bars, self.heatmap, self.composition_png]
+
+
+def compare_stem(root: Path, names: list[str]) -> Path:
+    """Files of `evaluate.py --compare BASE RUN...`: <stem>-side.csv, -changes.csv, .png."""
+    stem = Path(root) / f"compare-{names[0]}-vs-{'+'.join(names[1:])}"
+    return stem.with_name(f"compare-{names[0]}-vs-{len(names) - 1}-runs") if len(stem.name) > 150 else stem
+
+
+def unlearning_report(root: Path, stem: str) -> tuple[Path, Path]:
+    """`unlearn.py --report`'s table and figure."""
+    return Path(root) / f"{stem}.csv", Path(root) / f"{stem}.png"
+
+
+@dataclass(frozen=True)
+class StudyLayout:
+    """study.py's folder: reports/<study>/."""
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    settings = property(lambda self: self.root / "study.json")       # what the study is (its identity)
+    state = property(lambda self: self.root / "progress.json")       # which phases are complete
+    report_md = property(lambda self: self.root / "report.md")
+    report_json = property(lambda self: self.root / "report.json")
+    predictions = property(lambda self: self.root / "predictions")   # per-face predictions of every run
+    lock = property(lambda self: self.root / "LOCK")
+
+    def figure(self, name: str) -> Path:
+        return self.root / f"{name}.png"
+
+    def predictions_file(self, run: str) -> Path:
+        return self.predictions / f"{run}.npz"

@@ -29,7 +29,7 @@ from .config import RunConfig
 from .data import AGE_CLASSES, RACES
 from .errors import SisaError
 from .seeding import rng
-from .store import sha256_bytes
+from .store import sha256_bytes, sha256_names
 
 COLUMNS = ["filename", "age", "gender", "race", "age_class", "knowledge", "high_likelihood",
            "requests_unlearning", "role", "group", "shard", "slice"]
@@ -222,6 +222,12 @@ def stage_rows(part: pd.DataFrame, shard: int, slice_: int) -> np.ndarray:
     keep = ((part["role"] == "train") & (part["shard"] == shard) & (part["slice"] <= slice_)
             & ~part["forgotten"]).to_numpy(dtype=bool, na_value=False)
     return np.flatnonzero(keep)
+
+
+def stage_hash(part: pd.DataFrame, shard: int, slice_: int) -> str:
+    """The identity of a stage: the hash of the file names of its faces (order-free). A checkpoint
+    records it, so a stage trained on other faces (after unlearning, say) is recognised as stale."""
+    return sha256_names(part["filename"].to_numpy()[stage_rows(part, shard, slice_)])
 
 
 def composition(part: pd.DataFrame) -> pd.DataFrame:

@@ -94,12 +94,23 @@ def composition_chart(shares: pd.DataFrame, path: Path, title: str) -> Path:
 
 
 def cost_chart(table: pd.DataFrame, path: Path) -> Path:
-    """Expected retraining cost per request (% of retraining the ensemble) against the fairness gap."""
+    """Expected retraining cost per request (% of retraining all shards) against the fairness gap.
+
+    A run without an evaluated summary has no gap: it is marked on the cost axis and labelled as
+    missing, never drawn as a gap of 0 (which would look perfectly fair)."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for _, r in table.iterrows():
-        ax.scatter(100 * r["expected_cost_share"], 100 * r["gap"] if pd.notna(r.get("gap")) else 0, s=40)
-        ax.annotate(r["run"], (100 * r["expected_cost_share"], 100 * r["gap"] if pd.notna(r.get("gap")) else 0),
-                    fontsize=8, xytext=(4, 4), textcoords="offset points")
+    have = table[table["gap"].notna()] if "gap" in table else table.iloc[:0]
+    missing = table.drop(have.index)
+    for _, r in have.iterrows():
+        x, y = 100 * r["expected_cost_share"], 100 * r["gap"]
+        ax.scatter(x, y, s=40)
+        ax.annotate(r["run"], (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    along_axis = ax.get_xaxis_transform()    # x in data units, y in axes units: on the cost axis
+    for i, (_, r) in enumerate(missing.iterrows()):
+        x = 100 * r["expected_cost_share"]
+        ax.plot([x], [0.0], marker="x", color="0.4", transform=along_axis, clip_on=False)
+        ax.text(x, 0.04 + 0.06 * i, f"{r['run']}: no summary (gap unknown)", transform=along_axis, fontsize=7,
+                color="0.4", rotation=0)
     ax.set_xlabel("expected retraining per request, % of retraining all shards")
     ax.set_ylabel("race accuracy gap (best - worst), points")
     ax.set_title("unlearning cost versus unfairness", fontsize=10)

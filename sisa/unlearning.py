@@ -8,44 +8,42 @@ A request for face x of fold f (in shard s, slice l) is served in three steps:
   3. mark x forgotten in fold-f/partition.csv, append the request to unlearning/log.jsonl, move the
      new checkpoints into place, delete pending/.
 A crash before 2 leaves the run as it was (a rerun reuses the finished pending stages); a crash
-after 2 is rolled forward by the next command that opens the run (`finish_pending`). Several
-requests of one shard can be served as a batch: the shard retrains once, from the earliest of their
-slices, and one commit covers them all.
+after 2 is rolled forward by the next command that takes the run's lock (commit.finish_pending).
+Several requests of one shard can be served as a batch: the shard retrains once, from the earliest
+of their slices, and one commit covers them all. A stage whose faces are all forgotten trains
+nothing: it keeps the weights it starts from.
 
-Costs are counted in faces x epochs: retraining stages l..R-1 of one shard, against retraining all
-shards from scratch and against retraining the monolithic 1x1 baseline. `expected_cost` weighs every
-training face by its request probability (see likelihood.request_probability), with no training.
+Costs are counted in faces x epochs: retraining stages l..R-1 of one shard, against retraining the
+monolithic 1x1 baseline and against retraining all shards from scratch. `expected_cost` weighs every
+training face by its request probability, with no training, under one of two request models:
+  shared       (default) one latent "knows the law" draw drives both the high-likelihood flag and
+               the request, so a flagged face requests about six times as often as another
+               (likelihood.request_probability). Placement by the flag pays off under this model.
+  independent  requests proportional to k, independent of the flag: what the flag alone cannot predict.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
-import json
 import os
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import checkpoints
+from .commit import fault, finish_one, tidy_pending
 from .config import RunConfig
 from .distributed import World
 from .errors import SisaError
 from .experiment import Experiment, Options
 from .layout import RunLayout
-from .likelihood import request_probability
-from .partition import read_partition, stage_rows, write_partition_csv
+from .likelihood import REQUEST_RATE, request_probability
+from .partition import stage_rows
 from .seeding import rng
-from .store import append_line, read_json, read_jsonl, write_bytes, write_json
+from .store import read_json, read_jsonl, write_json
 
-
-def _fault(point: str) -> None:
-    """Crash here if SISA_FAULT names this point: how the tests prove crash consistency."""
-    if os.environ.get("SISA_FAULT") == point:
-        os._exit(137)
+REQUEST_MODELS = ("shared", "independent")
 
 
 # ---- costs -------------------------------------------------------------------------------------
@@ -60,10 +58,13 @@ def baseline_cost(part: pd.DataFrame, cfg: RunConfig) -> int:
     return int(((part["role"] == "train") & ~part["forgotten"]).sum()) * cfg.epochs
 
 
-def requesters(part: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+def requesters(part: pd.DataFrame, request_model: str = "shared") -> tuple[pd.DataFrame, np.ndarray]:
     """The training faces not yet forgotten, and the probability that the next request is each one's."""
+    if request_model not in REQUEST_MODELS:
+        raise SisaError(f"--request_model {request_model!r} is invalid: choose shared or independent")
     train = part[(part["role"] == "train") & ~part["forgotten"]]
-    p = request_probability(train["knowledge"].to_numpy(), train["high_likelihood"].to_numpy())
+    k = train["knowledge"].to_numpy()
+    p = request_probability(k, train["high_likelihood"].to_numpy()) if request_model == "shared" else REQUEST_RATE * k
     return train, p / p.sum()
 
 
@@ -72,21 +73,22 @@ def retrain_from(costs: np.ndarray) -> np.ndarray:
     return np.cumsum(costs[:, ::-1], axis=1)[:, ::-1]
 
 
-def expected_cost(part: pd.DataFrame, cfg: RunConfig) -> dict:
+def expected_cost(part: pd.DataFrame, cfg: RunConfig, request_model: str = "shared") -> dict:
     """Expected faces x epochs to serve one request drawn from the likelihood model."""
     costs = stage_costs(part, cfg)
-    train, w = requesters(part)
+    train, w = requesters(part, request_model)
     tail = retrain_from(costs)
     per_face = tail[train["shard"].to_numpy(int), train["slice"].to_numpy(int)]
     full, base = int(costs.sum()), baseline_cost(part, cfg)
     exp_cost = float(w @ per_face)
-    return {"expected_faces_x_epochs": exp_cost, "full_faces_x_epochs": full, "baseline_faces_x_epochs": base,
+    return {"request_model": request_model, "expected_faces_x_epochs": exp_cost, "full_faces_x_epochs": full,
+            "baseline_faces_x_epochs": base,
             "expected_share_of_full": exp_cost / full, "expected_share_of_baseline": exp_cost / base,
             "speedup_vs_full": full / exp_cost, "speedup_vs_baseline": base / exp_cost}
 
 
 def expected_batch_cost(part: pd.DataFrame, cfg: RunConfig, k: int, draws: int = 1000, seed: int = 0,
-                        fold: int = 0) -> dict:
+                        fold: int = 0, request_model: str = "shared") -> dict:
     """Cost of serving k requests (drawn from the likelihood model) together, over `draws` batches.
 
     Per request: the batch's cost divided by k. Monte Carlo, no training; like expected_cost, it
@@ -95,7 +97,7 @@ def expected_batch_cost(part: pd.DataFrame, cfg: RunConfig, k: int, draws: int =
     off here: their requests share one retraining per shard."""
     costs = stage_costs(part, cfg)
     tail = retrain_from(costs)
-    train, p = requesters(part)
+    train, p = requesters(part, request_model)
     if k > len(train):
         raise SisaError(f"a batch of {k} requests is more than the {len(train)} training faces left in fold {fold}")
     shard, slice_ = train["shard"].to_numpy(int), train["slice"].to_numpy(int)
@@ -111,73 +113,12 @@ def expected_batch_cost(part: pd.DataFrame, cfg: RunConfig, k: int, draws: int =
         shards_hit[d] = len(first)
     per_request = totals / k
     lo, hi = np.percentile(per_request, [2.5, 97.5])
-    return {"batch": k, "draws": draws, "per_request_faces_x_epochs": float(per_request.mean()),
+    return {"request_model": request_model, "batch": k, "draws": draws, "per_request_faces_x_epochs": float(per_request.mean()),
             "per_request_interval": [float(lo), float(hi)], "shards_retrained": float(shards_hit.mean()),
             "full_faces_x_epochs": full, "baseline_faces_x_epochs": base,
             # retraining all shards, or the monolithic model, would also serve a batch in one go
             "batch_share_of_full": float(totals.mean() / full),
             "speedup_vs_full": full / float(totals.mean()), "speedup_vs_baseline": base / float(totals.mean())}
-
-
-# ---- the pending request and its commit ---------------------------------------------------------
-def finish_pending(layout: RunLayout, only: Path | None = None) -> list[str]:
-    """Roll committed but unfinished requests forward; returns the faces that were due.
-
-    `only`: one shard's pending folder (a rank finishing its own request must not touch folders
-    other ranks are committing); None: all of them, done by the process that holds the run's lock
-    before any rank starts, which then also removes the emptied folders."""
-    done = []
-    commits = [only / "commit.json"] if only else sorted(layout.pending_dir.glob("fold-*/shard-*/commit.json"))
-    for commit_path in [c for c in commits if c.exists()]:
-        commit = read_json(commit_path)
-        fold = commit["fold"]
-        # one request, or a batch served by one retraining (commits before batches held "face"/"record")
-        faces, records = commit.get("faces", [commit.get("face")]), commit.get("records", [commit.get("record")])
-        with partition_lock(layout, fold):      # other ranks may commit other shards of this fold
-            part = read_partition(layout.partition(fold))
-            mine = part["filename"].isin(faces)
-            if not part.loc[mine, "forgotten"].all():
-                part.loc[mine, "forgotten"] = True
-                write_bytes(layout.partition(fold), write_partition_csv(part))
-        _fault("after_partition")
-        logged = {r.get("request_id") for r in read_jsonl(layout.unlearning_log)}
-        for record in records:
-            if record["request_id"] not in logged:
-                append_line(layout.unlearning_log, json.dumps(record))
-        shard, first = records[0]["shard"], commit.get("first_slice", records[0]["slice"])
-        for l in range(first, read_json(layout.config)["num_slices"]):
-            src, dst = layout.pending_checkpoint(fold, shard, l), layout.checkpoint(fold, shard, l)
-            if src.exists():
-                checkpoints.sidecar(dst).unlink(missing_ok=True)   # never let the old record vouch for new bytes
-                os.replace(src, dst)
-                _fault("mid_move")
-            if checkpoints.sidecar(src).exists():
-                os.replace(checkpoints.sidecar(src), checkpoints.sidecar(dst))
-        shutil.rmtree(commit_path.parent)
-        done.extend(faces)
-    if only is None:
-        tidy_pending(layout)
-    return done
-
-
-def tidy_pending(layout: RunLayout) -> None:
-    """Remove pending folders left empty (only when no other process may be writing into them)."""
-    for d in [*layout.pending_dir.glob("fold-*"), layout.pending_dir]:
-        with contextlib.suppress(OSError):
-            d.rmdir()
-
-
-@contextlib.contextmanager
-def partition_lock(layout: RunLayout, fold: int):
-    """Exclusive access to a fold's partition file while it is read, changed and written back."""
-    path = layout.unlearning_dir / f".partition-{fold}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)   # blocking: commits are short
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 # ---- requests ----------------------------------------------------------------------------------
@@ -229,26 +170,24 @@ def serve(exp: Experiment, trainer, fold: int, faces: list[str]) -> list[dict]:
     exp.partitions[fold] = new_part        # stage hashes now exclude the faces
     try:
         request = {"fold": fold, "faces": sorted(faces)}
-        here = layout.pending_checkpoint(fold, shard, 0).parent       # this shard's own pending folder
-        req_path = here / "request.json"
+        here = layout.pending_shard(fold, shard)               # this shard's own pending folder
+        req_path = layout.pending_request(here)
         if req_path.exists() and read_json(req_path) != request:
             shutil.rmtree(here)                                # another request's leftovers: not reusable
         write_json(req_path, request)
         # resume inside pending/ after a crash: skip the stages already retrained for this request
+        pending = checkpoints.shard_statuses(layout, new_part, fold, shard, cfg.num_slices, pending=True)
         start = first
-        from .training import stage_hash
-        while start < cfg.num_slices and checkpoints.status(layout.pending_checkpoint(fold, shard, start),
-                                                            stage_hash(exp, fold, shard, start)[1]).state == "ok":
+        while start < cfg.num_slices and pending[start].state == "ok":
             start += 1
         if start < cfg.num_slices:
             start_path = layout.pending_checkpoint(fold, shard, start - 1) if start > first else None
             trainer.run_shard(fold, shard, start, start_path=start_path, out_path=layout.pending_checkpoint,
-                              metrics_path=layout.unlearning_dir / "metrics.jsonl")
+                              metrics_path=layout.unlearning_metrics)
+        fault("before_commit")
         after = stage_costs(new_part, cfg)
         n, cost, full, base = len(faces), int(after[shard, first:].sum()), int(after.sum()), baseline_cost(new_part, cfg)
-        # the records suffice for the seconds: verifying every checkpoint's bytes here would re-read the run
-        trained_s = sum(read_json(checkpoints.sidecar(layout.checkpoint(fold, s, l))).get("train_seconds", 0)
-                        for s in range(cfg.num_shards) for l in range(cfg.num_slices))
+        trained_s = recorded_training_seconds(layout, cfg, fold)
         wall = time.perf_counter() - t0
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         records = [{"request_id": f"fold{fold}:{face}",          # a face is forgotten once per fold
@@ -260,13 +199,28 @@ def serve(exp: Experiment, trainer, fold: int, faces: list[str]) -> list[dict]:
                     "speedup_vs_baseline": base / max(cost, 1),
                     "wall_seconds": wall / n, "full_training_seconds_recorded": trained_s / n}
                    for face in faces]
-        write_json(here / "commit.json", {"fold": fold, "faces": list(faces), "first_slice": first, "records": records})
+        write_json(layout.pending_commit(here), {"fold": fold, "faces": list(faces), "first_slice": first,
+                                                  "records": records})
     except BaseException:
         exp.partitions[fold] = part        # nothing committed: the run is as it was
         raise
-    _fault("after_commit")
-    finish_pending(layout, only=here)
+    fault("after_commit")
+    finish_one(layout, here)
     return records
+
+
+def recorded_training_seconds(layout: RunLayout, cfg: RunConfig, fold: int) -> float:
+    """Seconds the fold's checkpoints took to train, from their records (verifying every checkpoint's
+    bytes here would re-read the run; the requests were checked against complete runs)."""
+    total = 0.0
+    for s in range(cfg.num_shards):
+        for l in range(cfg.num_slices):
+            record = checkpoints.sidecar(layout.checkpoint(fold, s, l))
+            if not record.exists():
+                raise SisaError(f"checkpoint record {record} is missing; rerun train.py with the run's command "
+                                "to retrain that slice, then unlearn")
+            total += read_json(record).get("train_seconds", 0)
+    return total
 
 
 def serve_plan(layout: RunLayout, opts: Options, plan: dict[int, list[str]], world: World = World(),
@@ -280,7 +234,7 @@ def serve_plan(layout: RunLayout, opts: Options, plan: dict[int, list[str]], wor
     from .experiment import open_run
     from .training import Trainer
 
-    exp = open_run(layout, opts, with_images=True, finish=world.rank == 0)
+    exp = open_run(layout, opts, with_images=True)
     groups: dict[tuple[int, int], list[str]] = {}
     for fold, names in plan.items():
         for face in names:
@@ -297,28 +251,24 @@ def serve_plan(layout: RunLayout, opts: Options, plan: dict[int, list[str]], wor
 # ---- proof -------------------------------------------------------------------------------------
 def verify(exp: Experiment) -> list[dict]:
     """Per fold and shard: is every checkpoint in use trained on exactly the faces the partition allows?"""
-    from .training import stage_hash
     rows = []
     for fold, part in enumerate(exp.partitions):
         for shard in range(exp.cfg.num_shards):
             forgotten = int((part["forgotten"] & (part["shard"] == shard)).sum())
-            bad = []
-            for l in range(exp.cfg.num_slices):
-                st = checkpoints.status(exp.layout.checkpoint(fold, shard, l), stage_hash(exp, fold, shard, l)[1])
-                if st.state != "ok":
-                    bad.append(f"slice {l} {st.state}: {st.why}")
+            states = checkpoints.shard_statuses(exp.layout, part, fold, shard, exp.cfg.num_slices)
+            bad = [f"slice {l} {st.state}: {st.why}" for l, st in enumerate(states) if st.state != "ok"]
             rows.append({"fold": fold, "shard": shard, "forgotten": forgotten, "ok": not bad,
                          "detail": "; ".join(bad) or f"all {exp.cfg.num_slices} checkpoints trained on exactly the "
                                                      "faces the partition allows"})
     return rows
 
 
-def cost_report(exps: list[Experiment], gaps: dict[str, float]) -> pd.DataFrame:
+def cost_report(exps: list[Experiment], gaps: dict[str, float], request_model: str = "shared") -> pd.DataFrame:
     """Per run: expected cost of a request (likelihood model), measured cost of served ones, fairness gap."""
     rows = []
     for exp in exps:
         cfg = exp.cfg
-        expected = [expected_cost(p, cfg) for p in exp.partitions]
+        expected = [expected_cost(p, cfg, request_model) for p in exp.partitions]
         log = pd.DataFrame(read_jsonl(exp.layout.unlearning_log))
         rows.append({"run": cfg.name, "strategy": cfg.strategy, "put_in": cfg.put_in,
                      "shards_x_slices": f"{cfg.num_shards}x{cfg.num_slices}",

@@ -1,4 +1,5 @@
-"""Batched augmentation: layout, determinism, per-sample randomness, and each step against torchvision."""
+"""Batched augmentation: layout, determinism, per-sample randomness, each step against torchvision, and
+the strong recipe's flip and shift."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,8 +7,9 @@ import torchvision.transforms.functional as TF
 import torchvision.transforms.v2.functional as TF2
 from torchvision.transforms import InterpolationMode
 
-from sisa.augment import (IMAGENET_MEAN, IMAGENET_STD, _affine, _autocontrast, _blur, _colour_jitter,
-                          _shift_hue, augment, to_input)
+from sisa.augment import (_affine, _autocontrast, _blur, _colour_jitter, _shift_hue, augment, blur_kernel,
+                          flip_shift, shift_pixels)
+from sisa.inputs import IMAGENET_MEAN, IMAGENET_STD, mirror, normalise_, to_input
 
 
 def faces(b: int = 4, px: int = 32, seed: int = 0) -> torch.Tensor:
@@ -25,7 +27,7 @@ def gen(seed: int) -> torch.Generator:
 @pytest.mark.parametrize("px", [16, 32, 64])
 def test_output_layout(px):
     x = faces(3, px)
-    for out in (augment(x, gen(0)), to_input(x)):
+    for out in (augment(x, gen(0)), flip_shift(x, gen(0), 2), flip_shift(x, gen(0)), to_input(x), mirror(to_input(x))):
         assert out.shape == (3, 3, px, px)
         assert out.dtype == torch.float32
         assert out.is_contiguous(memory_format=torch.channels_last)
@@ -37,17 +39,19 @@ def test_input_is_not_modified():
     x = faces()
     before = x.clone()
     augment(x, gen(0))
+    flip_shift(x, gen(0), 2)
     to_input(x)
     assert torch.equal(x, before)
 
 
-def test_deterministic_for_a_generator_state():
+@pytest.mark.parametrize("fn", [augment, lambda x, g: flip_shift(x, g, 2)])
+def test_deterministic_for_a_generator_state(fn):
     x = faces(8)
-    a, b, c = augment(x, gen(1)), augment(x, gen(1)), augment(x, gen(2))
+    a, b, c = fn(x, gen(1)), fn(x, gen(1)), fn(x, gen(2))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     g = gen(1)
-    first, second = augment(x, g), augment(x, g)
+    first, second = fn(x, g), fn(x, g)
     assert torch.equal(first, a) and not torch.equal(first, second)  # the generator advances
 
 
@@ -121,19 +125,49 @@ def test_affine_matches_torchvision_inside_and_fills_grey():
 
 def test_blur_tiny_sigma_is_identity_and_constant_stays_constant():
     x = unit_images()
-    ks = torch.tensor([5.0, 7.0, 9.0, 9.0])
-    assert torch.allclose(_blur(x, ks, torch.full((4,), 0.1)), x, atol=1e-5)
+    assert torch.allclose(_blur(x, (5, 9), torch.full((4,), 0.1)), x, atol=1e-5)
     flat = torch.full((4, 3, 16, 16), 0.3)
-    assert torch.allclose(_blur(flat, ks, torch.full((4,), 5.0)), flat, atol=1e-6)
+    assert torch.allclose(_blur(flat, (5, 9), torch.full((4,), 5.0)), flat, atol=1e-6)
 
 
-def test_blur_matches_torchvision_per_sample():
-    x = unit_images()
-    ks, sigma = torch.tensor([5.0, 7.0, 9.0, 5.0]), torch.tensor([0.5, 2.0, 5.0, 3.0])
-    out = _blur(x, ks, sigma)
+@pytest.mark.parametrize("kernel", [(5, 9), (3, 7), (1, 3), (9, 9)])
+def test_blur_matches_torchvision_per_sample(kernel):
+    x = unit_images(4, 20)
+    sigma = torch.tensor([0.5, 2.0, 5.0, 3.0])
+    out = _blur(x, kernel, sigma)
     for i in range(4):
-        ref = TF.gaussian_blur(x[i], [int(ks[i])] * 2, [sigma[i].item()] * 2)
+        ref = TF.gaussian_blur(x[i], list(kernel), [sigma[i].item()] * 2)   # (width, height), one sigma
         assert torch.allclose(out[i], ref, atol=1e-5)
+
+
+def test_the_original_blur_is_one_fixed_5_wide_9_tall_kernel():
+    """The original wrote GaussianBlur(kernel_size=(5, 9)): torchvision's one fixed kernel, 5 px wide and
+    9 px tall. At 200 px that is what augment applies, and the original-style pipeline uses the same."""
+    assert blur_kernel(200) == (5, 9, 0.1, 5.0)
+    assert blur_kernel(32)[:2] == (1, 3) and blur_kernel(128)[:2] == (3, 7)     # the radii scale with the face
+    # A vertical line is smeared more along y than along x: the kernel is taller than wide.
+    x = torch.zeros(1, 3, 21, 21)
+    x[..., 10, 10] = 1.0
+    y = _blur(x, blur_kernel(200)[:2], torch.tensor([5.0]))[0, 0]
+    assert (y[:, 10] > 0).sum() == 9 and (y[10, :] > 0).sum() == 5
+
+
+def test_flip_shift_moves_and_mirrors_faces_within_the_limit():
+    px = 32
+    s = shift_pixels(px, 1 / 16)
+    assert s == 2 and shift_pixels(128, 1 / 16) == 8 and shift_pixels(32, 0.0) == 0
+    x = faces(64, px, seed=3)
+    out = flip_shift(x, gen(5), s)
+    plain = to_input(x)
+    padded = torch.nn.functional.pad(plain, (s, s, s, s), mode="reflect")
+    flips = 0
+    for i in range(64):   # every output is one of the (2s+1)^2 windows of the padded face, mirrored or not
+        windows = [(dy, dx, f, padded[i, :, dy:dy + px, dx:dx + px]) for dy in range(2 * s + 1)
+                   for dx in range(2 * s + 1) for f in (False, True)]
+        hits = [(dy, dx, f) for dy, dx, f, w in windows if torch.allclose(out[i], w.flip(-1) if f else w, atol=1e-6)]
+        assert hits, i
+        flips += hits[0][2]
+    assert 16 < flips < 48                                     # about half are mirrored
 
 
 def test_autocontrast_stretches_each_channel():
@@ -155,3 +189,13 @@ def test_autocontrast_stretches_each_channel():
 def test_rejects_non_square():
     with pytest.raises(ValueError, match="square"):
         augment(torch.zeros(2, 32, 16, 3, dtype=torch.uint8), gen(0))
+
+
+def test_without_a_shift_flip_shift_only_mirrors_and_draws_as_much():
+    x = faces(32, 24, seed=4)
+    g = gen(6)
+    out = flip_shift(x, g, 0)
+    plain = to_input(x)
+    mirrored = [torch.equal(out[i], plain[i].flip(-1)) for i in range(32)]
+    assert all(m or torch.equal(out[i], plain[i]) for i, m in enumerate(mirrored)) and 4 < sum(mirrored) < 28
+    assert torch.equal(g.get_state(), (h := gen(6), flip_shift(x, h, 3), h.get_state())[2])   # fixed consumption

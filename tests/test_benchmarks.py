@@ -11,7 +11,7 @@ def test_pipeline_benchmark_reports_every_field(faces_dir, cache_dir, tmp_path):
     out = tmp_path / "pipe.json"
     p = run_script("benchmarks/pipeline.py", "--device", "cpu", "--sizes", 24, "--steps", 1, "--faces", 300,
                    "--shards", 2, "--batch", 16, "--workers", 1, "--decode_sample", 50, "--data_dir", faces_dir,
-                   "--cache_dir", cache_dir, "--out", out)
+                   "--cache_dir", cache_dir, "--out", out, no_progress=False)
     assert "ratio_ours_vs_original" in p.stdout and "verified cache" in p.stdout
     r = json.loads(out.read_text())
     assert r["device"].startswith("CPU") and r["shards"] == 2 and r["batch"] == 16

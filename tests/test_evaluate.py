@@ -129,7 +129,7 @@ def test_error_cases_are_one_line_and_write_nothing(runs, tmp_path):
     raw[100] ^= 0xFF
     ckpt.write_bytes(bytes(raw))
     line = error_line(evaluate(ck, sums, "--run_dir", str(run), "--allow_partial", "--overwrite", check=False))
-    assert "damaged" in line or "no complete fold" in line
+    assert "no complete fold" in line and "fold 0: shard 1 slice 1 damaged" in line and "fold 1: shard 0 slice 1 missing" in line
 
 
 def test_checkpoint_of_another_configuration_is_refused(runs, faces_dir, cache_dir, tmp_path):
@@ -146,3 +146,53 @@ def test_checkpoint_of_another_configuration_is_refused(runs, faces_dir, cache_d
     line = error_line(evaluate(ck, tmp_path / "s", "--run_dir", "other", "--data_dir", faces_dir,
                                "--cache_dir", cache_dir, check=False))
     assert "another configuration" in line and "lr" in line
+
+
+def test_overwrite_replaces_the_summaries_of_every_fold_count(runs, tmp_path):
+    """Summaries of another fold count must not survive an --overwrite and mix into readers' globs."""
+    ck = copy_run(runs, "random-balanced-slice-2x2", tmp_path / "ck")
+    sums = tmp_path / "sums"
+    evaluate(ck, sums, "--run_dir", "random-balanced-slice-2x2")
+    name = "random-balanced-slice-2x2"
+    assert sorted(p.name for p in sums.glob(f"{name}-*of*.pickle")) == [f"{name}-1of2.pickle", f"{name}-2of2.pickle"]
+    for suffix in (".pt", ".json"):
+        (ck / name / "fold-1" / "shard-0" / f"slice-1{suffix}").unlink()
+    line = error_line(evaluate(ck, sums, "--run_dir", name, "--allow_partial", check=False))
+    assert "exist already" in line and "pass --overwrite" in line
+    evaluate(ck, sums, "--run_dir", name, "--allow_partial", "--overwrite")
+    assert sorted(p.name for p in sums.glob(f"{name}-*of*.pickle")) == [f"{name}-1of1.pickle"]
+    assert json.loads((sums / f"{name}-info.json").read_text())["folds_evaluated"] == [0]
+
+
+def test_flip_test_time_augmentation_averages_the_logits_of_each_face_and_its_mirror(runs, tmp_path):
+    import torch
+    from sisa.checkpoints import load_checkpoint
+    from sisa.data import load_faces
+    from sisa.inputs import to_input
+    from sisa.model import build_model
+    name = "random-balanced-slice-2x2"
+    sums = tmp_path / "s"
+    evaluate(runs, sums, "--run_dir", name, "--tta", "flip", "--name", "flip")
+    evaluate(runs, sums, "--run_dir", name, "--tta", "none", "--name", "plain")
+    info = json.loads((sums / "flip-info.json").read_text())
+    assert info["tta"] == "flip" and info["recipe"] == "original"
+    assert json.loads((sums / "plain-info.json").read_text())["tta"] == "none"     # auto for the original recipe
+    with np.load(runs / name / "fold-0" / "logits.npz") as z:
+        plain, flipped, names = z["shard_logits"], z["shard_logits_flip"], list(z["filenames"])
+    # the mirrored logits really are the model on mirrored faces
+    cfg = json.loads((runs / name / "config.json").read_text())
+    run_info = json.loads((runs / name / "run.json").read_text())
+    faces = load_faces(run_info["data"]["folder"], cfg["image_size"], run_info["data"]["cache"], progress=False)
+    rows = [faces.table["filename"].tolist().index(n) for n in names[:16]]
+    model, _ = build_model("cnn", "none", 0)
+    model.load_state_dict(load_checkpoint(runs / name / "fold-0" / "shard-1" / "slice-1.pt")["model"])
+    with torch.no_grad():
+        x = to_input(torch.from_numpy(faces.images[rows]))
+        assert np.allclose(model.eval()(x.flip(3)).numpy(), flipped[1, :16], atol=1e-5)
+        assert np.allclose(model(x).numpy(), plain[1, :16], atol=1e-5)
+    pred = pd.read_csv(sums / "flip-predictions.csv")
+    ens = pred[(pred["fold"] == 0) & (pred["model"] == "ensemble")].set_index("filename").loc[names]
+    assert (ens["pred1"].to_numpy() == np.argmax((plain + flipped).sum(0) / 2, axis=1)).all()
+    plain_pred = pd.read_csv(sums / "plain-predictions.csv")
+    plain_ens = plain_pred[(plain_pred["fold"] == 0) & (plain_pred["model"] == "ensemble")].set_index("filename").loc[names]
+    assert (plain_ens["pred1"].to_numpy() == np.argmax(plain.sum(0), axis=1)).all()

@@ -37,6 +37,7 @@ def final_weights(run_dir, fold=0, shards=2, slices=2):
             for s in range(shards)]
 
 
+@pytest.mark.slow
 def test_stages_are_cumulative_disjoint_and_fully_checkpointed(faces_dir, cache_dir, tmp_path):
     exp = tiny_run(faces_dir, cache_dir, tmp_path)
     part = exp.partitions[0]
@@ -47,9 +48,12 @@ def test_stages_are_cumulative_disjoint_and_fully_checkpointed(faces_dir, cache_
             path = exp.layout.checkpoint(0, s, l)
             ck = checkpoints.load_checkpoint(path, exp.cfg)          # weights_only=True inside
             rows = stage_rows(part, s, l)
-            assert ck["stage_hash"] == sha256_names(names[rows]) and ck["stage_faces"] == len(rows)
+            record = json.loads(checkpoints.sidecar(path).read_text())
+            assert ck["stage_hash"] == record["stage_hash"] == sha256_names(names[rows])
+            assert record["stage_faces"] == len(rows) and record["epochs"] == 1
             assert set(ck) >= {"model", "optimizer", "scheduler", "rng", "config", "stage_hash", "weights_used"}
-            assert ck["optimizer"]["state"] and ck["scheduler"]["last_epoch"] == 1
+            batches = -(-len(rows) // 128)
+            assert ck["optimizer"]["state"] and ck["scheduler"] == {"kind": "steps", "step": batches, "total": batches}
             assert {"order", "augment", "torch"} <= set(ck["rng"]) and ck["config"] == exp.cfg.to_dict()
             seen[s, l] = set(names[rows])
     assert seen[0, 0] < seen[0, 1] and seen[1, 0] < seen[1, 1]          # slice l trains on slices 0..l
@@ -64,8 +68,11 @@ def test_stages_are_cumulative_disjoint_and_fully_checkpointed(faces_dir, cache_
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_killed_run_resumes_to_the_same_weights(faces_dir, cache_dir, tmp_path):
-    flags = [*TINY_FLAGS, "--epochs", 3, "--image_size", 32, "--data_dir", faces_dir, "--cache_dir", cache_dir]
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["original", "strong"])
+def test_killed_run_resumes_to_the_same_weights(faces_dir, cache_dir, tmp_path, recipe):
+    flags = [*TINY_FLAGS, "--epochs", 3, "--image_size", 32, "--data_dir", faces_dir, "--cache_dir", cache_dir,
+             "--recipe", recipe]
     run_script("train.py", *flags, "--checkpoints_dir", tmp_path / "whole")
     run = tmp_path / "killed" / "sorted-balanced-slice-2x2"
     proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "train.py"), *map(str, flags), "--no_progress",
@@ -75,9 +82,10 @@ def test_killed_run_resumes_to_the_same_weights(faces_dir, cache_dir, tmp_path):
     deadline = time.time() + 120
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
+    assert proc.poll() is None, "train.py ended before the kill"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (run / "fold-0" / "shard-1" / "slice-1.json").exists(), "the run finished before it was killed"
+    assert first.exists() and not (run / "fold-0" / "shard-1" / "slice-1.json").exists()   # killed mid-run
     out = run_script("train.py", *flags, "--checkpoints_dir", tmp_path / "killed").stdout
     assert "resuming: " in out and "of 4 slice checkpoints complete" in out
     for a, b in zip(final_weights(tmp_path / "whole" / "sorted-balanced-slice-2x2"), final_weights(run)):
@@ -86,6 +94,7 @@ def test_killed_run_resumes_to_the_same_weights(faces_dir, cache_dir, tmp_path):
     assert "nothing to train" in run_script("train.py", *flags, "--checkpoints_dir", tmp_path / "killed").stdout
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_is_detected_and_retrained(faces_dir, cache_dir, tmp_path):
     exp = tiny_run(faces_dir, cache_dir, tmp_path)
     path = exp.layout.checkpoint(0, 1, 1)
@@ -102,6 +111,7 @@ def test_damaged_checkpoint_is_detected_and_retrained(faces_dir, cache_dir, tmp_
     assert all(torch.equal(good[k], final_weights(exp.layout.root)[1][k]) for k in good)
 
 
+@pytest.mark.slow
 def test_weights_path_is_loaded_and_recorded(faces_dir, cache_dir, tmp_path):
     from sisa.model import build_model
     start, _ = build_model("cnn", "none", seed=99)
@@ -117,6 +127,7 @@ def test_weights_path_is_loaded_and_recorded(faces_dir, cache_dir, tmp_path):
                            torch.load(other.layout.checkpoint(0, 0, 0), weights_only=True)["model"]["features.0.weight"])
 
 
+@pytest.mark.slow
 def test_resnet18_auto_falls_back_offline_with_a_warning(faces_dir, cache_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))   # no cached ImageNet weights here
     proc = run_script("train.py", *TINY_FLAGS, "--model", "resnet18", "--image_size", 32, "--epochs", 1,
@@ -128,6 +139,7 @@ def test_resnet18_auto_falls_back_offline_with_a_warning(faces_dir, cache_dir, t
     assert manifest["weights_used"] == "none"
 
 
+@pytest.mark.slow
 def test_training_failures_are_one_clear_line(faces_dir, cache_dir, tmp_path):
     base = [*TINY_FLAGS, "--data_dir", faces_dir, "--cache_dir", cache_dir, "--checkpoints_dir", tmp_path / "ck"]
     if not torch.cuda.is_available():
@@ -147,6 +159,7 @@ def test_slice_epoch_schedules():
     assert RunConfig(epochs=1, num_slices=5, slice_epochs="sisa").stage_epochs(0) == 1   # never zero
 
 
+@pytest.mark.slow
 def test_wandb_offline_logging(faces_dir, cache_dir, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -155,3 +168,28 @@ def test_wandb_offline_logging(faces_dir, cache_dir, tmp_path, monkeypatch):
                "--cache_dir", cache_dir, "--checkpoints_dir", tmp_path)
     runs = list((tmp_path / "sorted-balanced-slice-2x1" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))       # the offline run and its history file
+
+
+def test_the_strong_recipe_records_its_schedule_in_every_checkpoint(faces_dir, cache_dir, tmp_path):
+    exp = tiny_run(faces_dir, cache_dir, tmp_path, recipe="strong", model="cnn-max", epochs=2)
+    assert exp.cfg.lr == 2e-3
+    for s in range(2):
+        for l in range(2):
+            ck = checkpoints.load_checkpoint(exp.layout.checkpoint(0, s, l), exp.cfg)
+            per_epoch = -(-len(stage_rows(exp.partitions[0], s, l)) // 128)
+            assert ck["scheduler"] == {"kind": "one_cycle", "step": 2 * per_epoch, "total": 2 * per_epoch}
+            assert ck["optimizer"]["param_groups"][0]["weight_decay"] == 5e-4      # AdamW's decay, kept
+    rates = [json.loads(line)["lr"] for line in exp.layout.metrics(0).read_text().splitlines()]
+    assert rates[0] == pytest.approx(2e-3 / 25) and rates[1] > rates[0]       # every stage warms up again
+
+
+def test_the_graphs_engine_falls_back_to_eager_on_a_cpu(faces_dir, cache_dir, tmp_path):
+    eager = tiny_run(faces_dir, cache_dir, tmp_path / "eager", recipe="strong")
+    exp = prepare(RunConfig(**{**TINY, "recipe": "strong"}),
+                  Options(data_dir=faces_dir, cache_dir=cache_dir, checkpoints_dir=tmp_path / "graphs", progress=False))
+    with pytest.warns(UserWarning, match="needs a CUDA GPU; training eagerly"):
+        train_run(exp, Options(progress=False, device="cpu", engine="graphs"))
+    for a, b in zip(final_weights(eager.layout.root), final_weights(exp.layout.root)):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    record = json.loads(checkpoints.sidecar(exp.layout.checkpoint(0, 0, 1)).read_text())
+    assert record["engine"] == "eager"

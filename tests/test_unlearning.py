@@ -34,6 +34,15 @@ def trained(faces_dir, cache_dir, tmp_path_factory):
     return ck
 
 
+@pytest.fixture(scope="module")
+def trained_strong(faces_dir, cache_dir, tmp_path_factory):
+    ck = tmp_path_factory.mktemp("trained-strong")
+    exp = prepare(RunConfig(**TINY, recipe="strong"),
+                  Options(data_dir=faces_dir, cache_dir=cache_dir, checkpoints_dir=ck, progress=False))
+    train_run(exp, Options(progress=False, device="cpu"))
+    return ck
+
+
 @pytest.fixture
 def run(trained, tmp_path):
     """A private copy of the trained run (tests change it)."""
@@ -49,8 +58,9 @@ def unlearn(run, *args, check=True, env=None):
 
 
 def digests(run):
-    return {p.relative_to(run).as_posix(): checkpoints.status(p).record["digest"]
-            for p in sorted(run.glob("fold-*/shard-*/slice-*.pt"))}
+    found = {p.relative_to(run).as_posix(): checkpoints.file_digest(p) for p in sorted(run.glob("fold-*/shard-*/slice-*.pt"))}
+    assert len(found) == 6                                   # 2 shards x 3 slices: never an empty comparison
+    return found
 
 
 def train_face(run, shard, slice_):
@@ -59,6 +69,7 @@ def train_face(run, shard, slice_):
     return rows["filename"].iloc[0]
 
 
+@pytest.mark.slow
 def test_only_the_affected_shard_from_the_affected_slice_is_retrained(run, tmp_path):
     face = train_face(run, 1, 1)
     before = digests(run)
@@ -78,8 +89,12 @@ def test_only_the_affected_shard_from_the_affected_slice_is_retrained(run, tmp_p
     assert "verified" in unlearn(run, "--verify").stdout
 
 
-def test_unlearning_is_exact(run, faces_dir, cache_dir, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["original", "strong"])
+def test_unlearning_is_exact(trained, trained_strong, recipe, tmp_path):
     """The retrained shard equals that shard trained from scratch without the face, same seed."""
+    run = tmp_path / NAME
+    shutil.copytree((trained if recipe == "original" else trained_strong) / NAME, run)
     face = train_face(run, 0, 0)
     (tmp_path / "req.txt").write_text(face + "\n")
     unlearn(run, "--requests", tmp_path / "req.txt")
@@ -103,6 +118,7 @@ def assert_equals_scratch(run, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), f"shard {s} differs"
 
 
+@pytest.mark.slow
 def test_a_batch_retrains_each_shard_once_and_is_exact(run, tmp_path):
     part = read_partition(run / "fold-0" / "partition.csv")
     train = part[part["role"] == "train"]
@@ -129,6 +145,7 @@ def test_a_batch_retrains_each_shard_once_and_is_exact(run, tmp_path):
     assert_equals_scratch(run, tmp_path)
 
 
+@pytest.mark.slow
 def test_a_crash_inside_a_batch_commit_is_rolled_forward(run):
     proc = unlearn(run, "--sample", 4, "--batched", env={"SISA_FAULT": "after_partition"})
     assert proc.returncode == 137
@@ -141,6 +158,7 @@ def test_a_crash_inside_a_batch_commit_is_rolled_forward(run):
     assert sorted(r["face"] for r in log) == sorted(due) == sorted(part.loc[part["forgotten"], "filename"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["after_commit", "after_partition", "mid_move"])
 def test_a_crash_after_the_commit_is_rolled_forward(run, fault):
     proc = unlearn(run, "--sample", 1, env={"SISA_FAULT": fault})
@@ -154,32 +172,41 @@ def test_a_crash_after_the_commit_is_rolled_forward(run, fault):
     assert part.loc[part["forgotten"], "filename"].item() == log[0]["face"]
 
 
-def test_a_kill_during_retraining_leaves_the_run_usable_and_a_rerun_finishes(run):
+@pytest.mark.slow
+def test_a_kill_during_retraining_leaves_the_run_usable_and_a_rerun_reuses_the_work(run):
+    """SIGKILL while the first request's checkpoints sit retrained in pending/ but are not committed
+    (the process waits there to be killed: the kill lands at that moment, every time)."""
     before = digests(run)
+    partition_before = (run / "fold-0" / "partition.csv").read_bytes()
     proc = subprocess.Popen([sys.executable, "unlearn.py", "--run_dir", str(run), "--sample", "2", "--no_progress"],
-                            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "SISA_FAULT": "pause:before_commit"})
     pending = run / "unlearning" / "pending"
-    for _ in range(20000):
-        if list(pending.glob("fold-0/shard-*/slice-*.json")) or proc.poll() is not None:
-            break
-        time.sleep(0.002)
+    deadline = time.time() + 120
+    while not list(pending.glob("fold-0/shard-*/slice-2.json")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)                                      # the record is the last write before the pause
+    assert proc.poll() is None, "unlearn.py ended before the kill"
     proc.kill()
     proc.wait()
+    (shard_dir,) = pending.glob("fold-0/shard-*")
+    assert list(shard_dir.glob("slice-*.pt")) and not (shard_dir / "commit.json").exists()
+    epochs_before = len(read_jsonl(run / "unlearning" / "metrics.jsonl"))       # the first request's retraining
+    assert epochs_before >= 1
+    assert not read_jsonl(run / "unlearning" / "log.jsonl")                        # nothing committed ...
+    assert digests(run) == before and (run / "fold-0" / "partition.csv").read_bytes() == partition_before
+    assert "verified" in unlearn(run, "--verify").stdout                          # ... and the run is usable
+    unlearn(run, "--sample", 2)        # the same draw: the first request finds its retrained stages
     log = read_jsonl(run / "unlearning" / "log.jsonl")
-    part = read_partition(run / "fold-0" / "partition.csv")
-    assert len(log) == part["forgotten"].sum()          # log and partition agree, whatever was reached
-    if not log:
-        assert digests(run) == before                   # nothing committed: the run is as it was
-    assert "verified" in unlearn(run, "--verify").stdout
-    if len(log) < 2:
-        unlearn(run, "--sample", 2 - len(log))
-    log = read_jsonl(run / "unlearning" / "log.jsonl")
+    # only the second request trained now (one epoch per stage): the first one's stages were reused
+    assert len(read_jsonl(run / "unlearning" / "metrics.jsonl")) == epochs_before + len(log[1]["stages_retrained"])
+    assert epochs_before == len(log[0]["stages_retrained"])
     part = read_partition(run / "fold-0" / "partition.csv")
     assert len(log) == 2 == part["forgotten"].sum() and len({r["request_id"] for r in log}) == 2
     assert "verified" in unlearn(run, "--verify").stdout
 
 
+@pytest.mark.slow
 def test_verify_fails_on_a_planted_violation(run):
     part = read_partition(run / "fold-0" / "partition.csv")
     face = train_face(run, 1, 0)
@@ -229,9 +256,14 @@ def test_expected_cost_of_batches():
         expected_batch_cost(part, cfg, 5)
 
 
+@pytest.mark.slow
 def test_cost_command_and_evaluate_after_unlearning(run, tmp_path):
     out = unlearn(run, "--cost").stdout
-    assert "expected retraining per request" in out and "x faster" in out
+    assert "expected retraining per request" in out and "x faster" in out and "request model: shared" in out
+    out = unlearn(run, "--cost", "--request_model", "independent").stdout
+    assert "request model: independent" in out
+    assert "goes with --cost or --report" in error_line(unlearn(run, "--sample", 1, "--request_model", "independent",
+                                                                check=False))
     out = unlearn(run, "--cost", "--batch_sizes", 1, 3, "--draws", 200).stdout
     assert "batches of 1: 1.00 shard(s) retrained" in out and "batches of 3:" in out
     assert "goes with --cost" in error_line(unlearn(run, "--sample", 1, "--batch_sizes", 2, check=False))
@@ -244,6 +276,7 @@ def test_cost_command_and_evaluate_after_unlearning(run, tmp_path):
     assert info["unlearning_requests_served"] == 2 and info["faces_forgotten"] == {"fold-0": 2}
 
 
+@pytest.mark.slow
 def test_bad_requests_change_nothing(run, tmp_path):
     before = (run / "fold-0" / "partition.csv").read_bytes()
     (tmp_path / "empty.txt").write_text("\n")
@@ -260,3 +293,58 @@ def test_bad_requests_change_nothing(run, tmp_path):
         (run / "fold-0" / "shard-0" / f"slice-2{suffix}").unlink()
     assert "not fully trained" in error_line(unlearn(run, "--sample", 1, check=False))
     assert (run / "fold-0" / "partition.csv").read_bytes() == before and not (run / "unlearning" / "log.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_a_missing_intermediate_record_is_a_clear_error(run, tmp_path):
+    """Unlearning restarts from any slice, so every record counts, not just the last slice's."""
+    (run / "fold-0" / "shard-0" / "slice-0.json").unlink()
+    (tmp_path / "req.txt").write_text(train_face(run, 1, 1) + "\n")     # a request in the other shard
+    before = digests(run)
+    line = error_line(unlearn(run, "--requests", tmp_path / "req.txt", check=False))
+    assert "not fully trained" in line and "shard 0 slice 0 incomplete" in line
+    assert digests(run) == before and not (run / "unlearning" / "log.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_a_stage_whose_faces_are_all_forgotten_keeps_its_starting_weights(run, tmp_path):
+    from sisa.model import build_model
+    from sisa.seeding import torch_seed
+    part = read_partition(run / "fold-0" / "partition.csv")
+    gone = part[(part["role"] == "train") & (part["shard"] == 1) & (part["slice"] == 0)]["filename"].tolist()
+    (tmp_path / "req.txt").write_text("\n".join(gone) + "\n")
+    out = unlearn(run, "--requests", tmp_path / "req.txt", "--batched").stdout
+    assert f"in a batch of {len(gone)}" in out
+    stage0 = torch.load(run / "fold-0" / "shard-1" / "slice-0.pt", weights_only=True)["model"]
+    init, _ = build_model("cnn", "none", torch_seed(*RunConfig(**TINY).init_keys(0, 1)))
+    assert all(torch.equal(stage0[k], v) for k, v in init.state_dict().items())   # nothing left to learn from
+    assert json.loads((run / "fold-0" / "shard-1" / "slice-0.json").read_text())["epochs"] == 0
+    assert "verified" in unlearn(run, "--verify").stdout
+    assert_equals_scratch(run, tmp_path)
+
+
+@pytest.mark.slow
+def test_reports_are_read_only_even_with_a_commit_waiting(run, tmp_path):
+    """--report takes no lock, so it must not finish another process's commit (two finishers race)."""
+    assert unlearn(run, "--sample", 1, env={"SISA_FAULT": "after_commit"}).returncode == 137
+    (commit,) = (run / "unlearning" / "pending").glob("fold-0/shard-*/commit.json")
+    partition = (run / "fold-0" / "partition.csv").read_bytes()
+    out = run_script("unlearn.py", "--report", run, "--summaries_dir", tmp_path / "s").stdout
+    assert "not yet finished" in out
+    assert commit.exists() and (run / "fold-0" / "partition.csv").read_bytes() == partition
+    assert not (run / "unlearning" / "log.jsonl").exists()
+    assert "finished an interrupted unlearning request" in unlearn(run, "--verify").stdout   # under the lock
+
+
+def test_cost_under_both_request_models():
+    cfg, part = hand_worked()
+    part["high_likelihood"] = [False, True, False, True, False]      # the flagged faces b, d sit in the last slices
+    shared, independent = expected_cost(part, cfg), expected_cost(part, cfg, "independent")
+    # independent of the flag, every face of k = 0.4 is equally likely: the plain mean of the tails
+    assert independent["expected_faces_x_epochs"] == pytest.approx((9 + 6 + 9 + 6) / 4)
+    # shared: flagged faces request with 0.001, the others with P(knows | not flagged) * 0.001
+    lo = 0.001 * 0.4 * 0.34 / (1 - 0.66 * 0.4)
+    assert shared["expected_faces_x_epochs"] == pytest.approx((2 * lo * 9 + 2 * 0.001 * 6) / (2 * lo + 2 * 0.001))
+    assert shared["request_model"] == "shared" and independent["request_model"] == "independent"
+    with pytest.raises(Exception, match="--request_model 'both'"):
+        expected_cost(part, cfg, "both")
