@@ -104,7 +104,7 @@ def finish_and_report(layout: RunLayout, say=print) -> list[str]:
 
 def tidy_pending(layout: RunLayout) -> None:
     """Remove pending folders left empty (only when no other process may be writing into them)."""
-    for d in [*layout.pending_dir.glob("fold-*"), layout.pending_dir]:
+    for d in [*layout.pending_folds(), layout.pending_dir]:
         with contextlib.suppress(OSError):
             d.rmdir()
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import SisaError
 
-PLACEMENTS = ("random", "sorted")          # how training faces are ordered into shards/slices
+PLACEMENTS = ("random", "sorted", "segregated")  # how training faces are ordered into shards/slices
 TEST_KINDS = ("random", "balanced", "kfold")  # how each fold's test set is drawn
 STRATEGIES = tuple(f"{p}-{t}" for p in PLACEMENTS for t in TEST_KINDS)
 PUT_IN = ("shard", "slice")
@@ -25,6 +25,7 @@ RECIPE_LR = {"original": 6e-4, "strong": 2e-3}  # each recipe's default peak lea
 RECIPE_NAMES = tuple(RECIPE_LR)
 ENGINES = ("eager", "graphs")
 TTA = ("auto", "none", "flip")           # evaluate.py's test-time augmentation (auto: the recipe's choice)            # how a training step runs (engine.py); not part of a run's identity
+_RACES = ("white", "black", "asian", "indian", "other")   # as data.RACES (config imports nothing heavy)
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -35,8 +36,9 @@ class RunConfig:
     limit: int | None = None                # stratified subsample of this many faces for quick runs; None = all
     likelihood_factors: str = "gender,race"  # factors of the knowledge k (original: gender,race; 'age' too; '' = none)
     # --- partition --------------------------------------------------------------------------
-    strategy: str = "random-balanced"       # <placement>-<test set>: placement random|sorted, test random|balanced|kfold
+    strategy: str = "random-balanced"       # <placement>-<test set>: placement random|sorted|segregated, test random|balanced|kfold
     put_in: str = "slice"                   # sorted placement: high-likelihood faces fill few 'shard's or the last 'slice's
+    segregate: str = "black"                # segregated placement (the positive control): this race's faces go first
     num_shards: int = 5                     # S disjoint shards, one model each (baseline: 1)
     num_slices: int = 3                     # R cumulative slices per shard, a checkpoint after each (baseline: 1)
     folds: int = 5                          # K repetitions, each with its own test set and partition
@@ -102,12 +104,16 @@ class RunConfig:
 
         if self.strategy not in STRATEGIES:
             raise bad("strategy", self.strategy, f"choose one of {', '.join(STRATEGIES)}")
+        if self.placement == "segregated" and self.segregate not in _RACES:
+            raise bad("segregate", self.segregate, f"choose one of {', '.join(_RACES)}")
         if self.put_in not in PUT_IN:
             raise bad("put_in", self.put_in, "choose shard or slice")
         if self.recipe not in RECIPE_NAMES:
             raise bad("recipe", self.recipe, f"choose one of {', '.join(RECIPE_NAMES)}")
         if self.model not in MODELS:
             raise bad("model", self.model, f"choose one of {', '.join(MODELS)}")
+        if self.weights == "imagenet" and self.model != "resnet18":
+            raise bad("weights", self.weights, f"there are no pretrained weights for the {self.model} model; use none or a PATH")
         if self.slice_epochs not in SLICE_EPOCHS:
             raise bad("slice_epochs", self.slice_epochs, "choose full or sisa")
         for flag in ("num_shards", "num_slices", "folds", "epochs", "batch_size", "image_size"):

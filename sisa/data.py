@@ -37,7 +37,7 @@ GENDERS = ("male", "female")                              # UTKFace gender codes
 MAX_AGE = AGE_BOUNDS[-1]
 # Two close-up eye crops in UTKFace that decode fine but are not faces (the original excluded them).
 KNOWN_NON_FACES = frozenset({"1_0_0_20170109193052283", "1_0_0_20170109194120301"})
-CACHE_VERSION = 2
+CACHE_VERSION = 3   # 3: the index always names its checksum kind and holds the pixels' CRC-32 ("content")
 GET_DATA = "run ./setup.sh, or pass --data_dir pointing at the UTKFace folder"
 COLUMNS = ["filename", "age", "gender", "race", "age_class"]
 
@@ -130,7 +130,7 @@ def _read_cache(cache: Path, names: list[str]) -> tuple[np.ndarray, dict] | None
         return None
     try:
         index = json.loads(index_path.read_text())
-        expected = index["digest"] if ":" in index["digest"] else f"crc32:{index['digest']}"   # before the prefix
+        expected = index["digest"]
         kind = digest_kind(expected)
         if not checksum_available(kind):
             warnings.warn(f"image cache {cache} was checksummed with {kind}, which this "
@@ -225,7 +225,7 @@ def load_faces(folder: Path, image_size: int, cache_dir: Path, strict: bool = Fa
     table = pd.DataFrame([(n, *labels[n]) for n in index["names"]], columns=COLUMNS[:4])
     table["age_class"] = np.searchsorted(AGE_BOUNDS, table["age"].to_numpy(), side="left")
     skipped_df = pd.DataFrame(sorted(skipped), columns=["filename", "reason"])
-    content = index.get("content", index["digest"])   # caches before "content" hold a bare CRC-32 digest
+    content = index["content"]
     fingerprint = sha256_bytes(f"{image_size}\n{content}\n".encode()
                                + "\n".join(index["names"]).encode())[:20]
     return Faces(table, images, skipped_df, fingerprint)

@@ -66,14 +66,15 @@ def _test_rows(exp: Experiment, fold: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def shard_logits(exp: Experiment, fold: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(S, n_test, 7) logits of every shard's final model on the fold's test faces, as they are and
-    mirrored left-right (for flip test-time augmentation)."""
+def shard_logits(exp: Experiment, fold: int, device: torch.device, shards: list[int],
+                 mirrored: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """(len(shards), n_test, 7) logits of those shards' final models on the fold's test faces, and
+    (`mirrored`) on the same faces mirrored left-right, for flip test-time augmentation."""
     images = torch.from_numpy(exp.images[_test_rows(exp, fold)]).to(device)   # (n_test, H, W, 3): a copy
     batches = torch.arange(len(images), device=device).split(EVAL_BATCH)
     last = exp.cfg.num_slices - 1
     plain, flipped = [], []
-    for shard in range(exp.cfg.num_shards):
+    for shard in shards:
         path = exp.layout.checkpoint(fold, shard, last)
         ck = checkpoints.load_checkpoint(path, exp.cfg, stage_hash(exp.partitions[fold], shard, last))
         model, _ = build_model(exp.cfg.model, "none", 0)     # architecture only: the weights come from ck
@@ -84,10 +85,11 @@ def shard_logits(exp: Experiment, fold: int, device: torch.device) -> tuple[np.n
             x = to_input(images[idx])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 a.append(model(x).float().cpu())
-                b.append(model(mirror(x)).float().cpu())
+                if mirrored:
+                    b.append(model(mirror(x)).float().cpu())
         plain.append(torch.cat(a).numpy())
-        flipped.append(torch.cat(b).numpy())
-    return np.stack(plain), np.stack(flipped)
+        flipped.append(torch.cat(b).numpy() if mirrored else np.zeros_like(plain[-1]))
+    return np.stack(plain), (np.stack(flipped) if mirrored else None)
 
 
 def _final_digests(exp: Experiment, fold: int) -> list[str]:
@@ -96,28 +98,40 @@ def _final_digests(exp: Experiment, fold: int) -> list[str]:
 
 
 def fold_logits(exp: Experiment, fold: int, opts: Options, tta: str = "none") -> np.ndarray:
-    """(S, n_test, 7) shard logits of a fold, with flip test-time augmentation the mean of the
-    logits of the face and of its mirror image. Saved logits are used if they came from the current
-    checkpoints; otherwise they are computed (and saved)."""
+    """(S, n_test, 7) shard logits of a fold; with flip test-time augmentation, the mean of the logits
+    of each face and of its mirror image. A shard's saved logits are used when they came from its
+    current checkpoint (and hold the mirrored ones if needed); only the others are computed (after
+    unlearning: the retrained shards) and the fold's file is rewritten."""
     path, digests = exp.layout.logits(fold), _final_digests(exp, fold)
     names = exp.partitions[fold]["filename"].to_numpy()[_test_rows(exp, fold)].astype(str)
-    plain = flipped = None
+    S, need_flip = exp.cfg.num_shards, tta == "flip"
+    plain, flipped = np.zeros((S, len(names), 7), np.float32), np.zeros((S, len(names), 7), np.float32)
+    has_flip, have = np.zeros(S, bool), []
     if path.exists():
         try:
             with np.load(path, allow_pickle=False) as z:
-                if list(z["checkpoint_digests"]) == digests and list(z["filenames"]) == list(names):
-                    plain, flipped = z["shard_logits"], z["shard_logits_flip"]
+                if list(z["filenames"]) == list(names) and len(z["checkpoint_digests"]) == S:
+                    kept = [s for s in range(S) if z["checkpoint_digests"][s] == digests[s]]
+                    plain[kept], flipped[kept], has_flip[kept] = z["shard_logits"][kept], \
+                        z["shard_logits_flip"][kept], z["has_flip"][kept]
+                    have = [s for s in kept if has_flip[s] or not need_flip]
         except Exception:
-            pass   # damaged, or written before mirrored logits were kept: recompute
-    if plain is None:
+            have = []   # damaged, or of an older layout: recompute
+    todo = [s for s in range(S) if s not in have]
+    if todo:
         if exp.images.size == 0:
             raise LookupError("images needed")
-        plain, flipped = shard_logits(exp, fold, resolve_device(opts.device))
+        new_plain, new_flip = shard_logits(exp, fold, resolve_device(opts.device), todo, need_flip)
+        plain[todo] = new_plain
+        if need_flip:
+            flipped[todo], has_flip[todo] = new_flip, True
+        else:
+            has_flip[todo] = False
         buf = io.BytesIO()
-        np.savez(buf, shard_logits=plain, shard_logits_flip=flipped, filenames=names,
+        np.savez(buf, shard_logits=plain, shard_logits_flip=flipped, has_flip=has_flip, filenames=names,
                  checkpoint_digests=np.array(digests), **{f"ensemble_{m}": scores(plain, m) for m in AGGREGATIONS})
         write_bytes(path, buf.getvalue())
-    return (plain + flipped) / 2 if tta == "flip" else plain
+    return (plain + flipped) / 2 if need_flip else plain
 
 
 def predictions(exp: Experiment, fold: int, logits: np.ndarray, aggregation: str) -> pd.DataFrame:
@@ -187,6 +201,7 @@ def evaluate_run(layout: RunLayout, opts: Options, summaries_dir: Path, aggregat
             logits[fold] = fold_logits(exp, fold, opts, tta)
     pred = pd.concat([predictions(exp, f, logits[f], aggregation) for f in folds], ignore_index=True)
     tidy = fairness.tidy_metrics(pred)
+    aggregated = aggregation_table(exp, folds, logits)
     per_fold, mean, square = fairness.original_summaries(tidy)
     fair = fairness.fairness_table(pred, exp.cfg.test_kind, n_boot)
     info = {"run": exp.cfg.name, "run_dir": str(layout.root), "summary": out.name, "aggregation": aggregation,
@@ -211,6 +226,8 @@ def evaluate_run(layout: RunLayout, opts: Options, summaries_dir: Path, aggregat
     write_bytes(out.results_pickle, pickle.dumps(tidy_out))
     write_text(out.fairness_csv, fair.to_csv())
     write_text(out.predictions, pred.to_csv(index=False))
+    write_bytes(out.logits, logits_file(exp, folds, logits, tta))
+    write_text(out.aggregations, aggregated.to_csv())
     write_json(out.info, info)
     decrease = fair["value"].filter(like="decrease").rename(lambda s: s.split()[1])
     plots.bar_chart({out.name: mean[0]}, {out.name: decrease}, out.bars)
@@ -218,6 +235,40 @@ def evaluate_run(layout: RunLayout, opts: Options, summaries_dir: Path, aggregat
     plots.composition_chart(composition_shares([exp.partitions[f] for f in folds]), out.composition_png,
                             f"{out.name}: race shares of the training faces (pooled over folds)")
     return out, fair
+
+
+def aggregation_table(exp: Experiment, folds: list[int], logits: dict[int, np.ndarray]) -> pd.DataFrame:
+    """Top-1 per group (mean over folds) of the ensemble under every aggregation, and of the single
+    shard models: their mean, lowest and highest. Rows: sum_logits, vote, mean_softmax, shard mean,
+    shard min, shard max; columns: random and the races."""
+    frames = []
+    for f in folds:
+        base = predictions(exp, f, logits[f], AGGREGATIONS[0])
+        shards = base[base["model"] != "ensemble"]
+        ens = base[base["model"] == "ensemble"]
+        for m in AGGREGATIONS:
+            top = rank(scores(logits[f], m))
+            frames.append(ens.assign(model=m, pred1=top[:, 0], pred2=top[:, 1]))
+        frames.append(shards)
+    tidy = fairness.tidy_metrics(pd.concat(frames, ignore_index=True))
+    top1 = tidy[(tidy["age_class"] == "all") & (tidy["metric"] == "top1")].groupby(["model", "group"])["value"].mean()
+    by = top1.unstack()
+    shard_rows = by.loc[[i for i in by.index if i.startswith("shard-")]]
+    table = pd.concat([by.loc[list(AGGREGATIONS)], shard_rows.mean().rename("shard mean").to_frame().T,
+                       shard_rows.min().rename("shard min").to_frame().T, shard_rows.max().rename("shard max").to_frame().T])
+    table.index.name = "model"
+    return table[[g for g in ("random", *RACES) if g in table.columns]]
+
+
+def logits_file(exp: Experiment, folds: list[int], logits: dict[int, np.ndarray], tta: str) -> bytes:
+    """The logits behind a summary: (S, F, 7) per shard model for every test face of the folds (flip
+    test-time augmentation applied when used), with each face's fold and file name."""
+    names = np.concatenate([exp.partitions[f]["filename"].to_numpy()[_test_rows(exp, f)].astype(str) for f in folds])
+    fold = np.concatenate([np.full(logits[f].shape[1], f) for f in folds])
+    buf = io.BytesIO()
+    np.savez_compressed(buf, shard_logits=np.concatenate([logits[f] for f in folds], axis=1).astype(np.float32),
+                        fold=fold, filename=names, tta=np.array(tta))
+    return buf.getvalue()
 
 
 def load_summary(summaries_dir: Path, name: str) -> tuple[pd.DataFrame, dict, pd.Series]:

@@ -9,10 +9,11 @@ group has. `all_races` pools the five race groups.
 
 Fairness across races (per run, from the ensemble): worst race, best - worst gap, worst / best
 ratio and each race's decrease versus the best, from fairlearn's MetricFrame per fold, and with
-95% bootstrap intervals: test faces are resampled within the cells they were drawn from (race x
-age class for balanced and k-fold test sets), independently per fold, and the statistic is taken
-of the fold-mean accuracies. The resampling depends only on the fold and the test faces, so two
-runs with the same test faces get the same resamples: their differences are paired.
+95% bootstrap intervals (sisa.stats): test faces are resampled within the cells they were drawn
+from (race x age class for balanced and k-fold test sets), independently per fold, and the
+statistic is taken of the fold-mean accuracies. The resampling depends only on the fold and the
+test faces, so two runs with the same test faces get the same resamples: their differences are
+paired. Order statistics (worst, best, gap, ratio) get basic bootstrap intervals.
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ import pandas as pd
 from fairlearn.metrics import MetricFrame
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
+from . import stats
 from .data import AGE_CLASSES, RACES
 from .partition import GROUPS, eval_groups
-from .seeding import rng
 
 SUMMARY_GROUPS = (*GROUPS, "all_races")   # the index of the original's mean pickle
 N_CLASSES = len(AGE_CLASSES)
@@ -127,35 +128,6 @@ def metricframe_by_fold(pred: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _strata(f: pd.DataFrame, test_kind: str) -> np.ndarray:
-    if test_kind == "balanced":
-        return (f["group"].astype(str) + "/" + f["age_class"].astype(str)).to_numpy()
-    if test_kind == "kfold":
-        return (f["race"].astype(str) + "/" + f["age_class"].astype(str)).to_numpy()
-    return np.zeros(len(f), dtype=int).astype(str)
-
-
-def race_accuracy_replicates(pred: pd.DataFrame, test_kind: str, n_boot: int) -> np.ndarray:
-    """(n_boot + 1, 5) top-1 per race averaged over folds; row 0 is the estimate, rows 1.. resamples."""
-    per_fold = []
-    for fold, f in pred[pred["model"] == "ensemble"].sort_values(["fold", "filename"]).groupby("fold", sort=True):
-        y, hit = f["age_class"].to_numpy(), (f["pred1"].to_numpy() == f["age_class"].to_numpy())
-        strata = _strata(f, test_kind)
-        gen = rng(0, "bootstrap", int(fold), len(f))
-        w = np.ones((n_boot + 1, len(f)))
-        for s in np.unique(strata):                     # resample within each stratum
-            idx = np.flatnonzero(strata == s)
-            w[1:, idx] = gen.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=n_boot)
-        masks = group_masks(f)
-        cells = np.stack([masks[r] & (y == c) for r in RACES for c in range(N_CLASSES)]).astype(float)  # (35, n)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            acc = (w @ (cells * hit).T) / (w @ cells.T)                         # (B+1, 35)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            per_fold.append(np.nanmean(acc.reshape(n_boot + 1, len(RACES), N_CLASSES), axis=2))
-    return np.nanmean(np.stack(per_fold), axis=0)
-
-
 def fairness_stats(race_acc: np.ndarray) -> pd.DataFrame:
     """(B, 5) race accuracies -> (B, k) statistics: per race, worst, best, gap, ratio, decrease."""
     best, worst = race_acc.max(axis=1), race_acc.min(axis=1)
@@ -166,17 +138,22 @@ def fairness_stats(race_acc: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def _interval(samples: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    return samples.quantile(0.025), samples.quantile(0.975)
+def race_replicates(pred: pd.DataFrame, test_kind: str, n_boot: int) -> np.ndarray:
+    """(n_boot + 1, 5) top-1 per race averaged over folds; row 0 is the estimate, rows 1.. resamples
+    (test faces resampled within their strata, the same resamples for every run on these faces)."""
+    faces = stats.test_faces(pred)
+    return stats.Replicates(faces, test_kind, n_boot).group_acc(stats.hits(pred, faces))[:, 1:]
 
 
 def fairness_table(pred: pd.DataFrame, test_kind: str, n_boot: int = 1000) -> pd.DataFrame:
-    """One row per statistic: value (of the fold-mean accuracies), 95% CI, spread over folds."""
-    reps = fairness_stats(race_accuracy_replicates(pred, test_kind, n_boot))
-    lo, hi = _interval(reps.iloc[1:])
+    """One row per statistic: value (of the fold-mean accuracies), 95% interval (percentile for a
+    race's accuracy; basic for worst, best, gap, ratio and decreases, which are order statistics;
+    see stats), spread over folds."""
+    table = stats.level_table(fairness_stats(race_replicates(pred, test_kind, n_boot)))
     by_fold = metricframe_by_fold(pred)
     per_fold = fairness_stats(by_fold[[f"top1 {r}" for r in RACES]].to_numpy())
-    out = pd.DataFrame({"value": reps.iloc[0], "ci_low": lo, "ci_high": hi, "fold_mean": per_fold.mean(),
+    out = pd.DataFrame({"value": table["value"], "ci_low": table["ci_low"], "ci_high": table["ci_high"],
+                        "interval": table["interval"], "fold_mean": per_fold.mean(),
                         "fold_std": per_fold.std(ddof=1) if len(per_fold) > 1 else np.nan,
                         "fold_min": per_fold.min(), "fold_max": per_fold.max()})
     out.index.name = "statistic"
@@ -185,29 +162,28 @@ def fairness_table(pred: pd.DataFrame, test_kind: str, n_boot: int = 1000) -> pd
 
 def compare_runs(preds: dict[str, pd.DataFrame], kinds: dict[str, str], baseline: str,
                  n_boot: int = 1000) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Side-by-side statistics of every run, and each run's change versus the baseline with intervals."""
-    reps = {name: fairness_stats(race_accuracy_replicates(p, kinds[name], n_boot)) for name, p in preds.items()}
-    side = pd.DataFrame({name: r.iloc[0] for name, r in reps.items()})
-    rows = []
-    for name, r in reps.items():
+    """Side-by-side statistics of every run, and each run's change versus the baseline: the races, the
+    baseline's worst race and the gap between the baseline's best and worst races, with intervals,
+    Holm-adjusted verdicts (widened / narrowed / higher / lower / inconclusive (detectable +-x)).
+    Runs tested on the baseline's faces are paired; others are resampled independently."""
+    reps = {}
+    base_faces = stats.test_faces(preds[baseline])
+    shared = stats.Replicates(base_faces, kinds[baseline], n_boot)
+    paired = {}
+    for name, p in preds.items():
+        faces = stats.test_faces(p)
+        paired[name] = faces[["fold", "filename"]].equals(base_faces[["fold", "filename"]])
+        r = shared if paired[name] else stats.Replicates(faces, kinds[name], n_boot, seed=len(reps) + 1)
+        reps[name] = r.group_acc(stats.hits(p, faces))
+    side = pd.DataFrame({name: stats.level_stats(a).iloc[0] for name, a in reps.items()})
+    best, worst = stats.reference_identities(reps[baseline])
+    ref = stats.contrast_stats(reps[baseline], best, worst)
+    primary, groups = [], []
+    for name, a in reps.items():
         if name == baseline:
             continue
-        paired = _same_test_faces(preds[name], preds[baseline])
-        diff = r - reps[baseline]
-        lo, hi = _interval(diff.iloc[1:])
-        for stat in [f"top1 {x}" for x in RACES] + ["worst race top1", "gap (best - worst)", "ratio (worst / best)"]:
-            verdict = "no clear change"
-            if lo[stat] > 0 or hi[stat] < 0:
-                up = lo[stat] > 0
-                verdict = ("gap widened: unfairness amplified" if up else "gap narrowed") if stat.startswith("gap") \
-                    else ("higher" if up else "lower")
-            rows.append({"run": name, "versus": baseline, "statistic": stat, "change": diff.iloc[0][stat],
-                         "ci_low": lo[stat], "ci_high": hi[stat], "paired": paired, "verdict": verdict})
-    return side, pd.DataFrame(rows)
-
-
-def _same_test_faces(a: pd.DataFrame, b: pd.DataFrame) -> bool:
-    key = ["fold", "filename"]
-    fa = a[a["model"] == "ensemble"][key].sort_values(key).reset_index(drop=True)
-    fb = b[b["model"] == "ensemble"][key].sort_values(key).reset_index(drop=True)
-    return fa.equals(fb)
+        for c in stats.contrasts(name, baseline, stats.contrast_stats(a, best, worst), ref, "versus the baseline"):
+            (groups if c.statistic.startswith("top1") else primary).append(c)
+    rows = [{**c.to_dict(), "paired": paired[c.run]} for c in stats.decide(primary) + stats.decide(groups)]
+    changes = pd.DataFrame(rows).rename(columns={"reference": "versus"}) if rows else pd.DataFrame()
+    return side, changes

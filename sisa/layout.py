@@ -82,6 +82,9 @@ class RunLayout:
     def pending_commit(shard_dir: Path) -> Path:
         return shard_dir / "commit.json"
 
+    def pending_folds(self) -> list[Path]:
+        return sorted(self.pending_dir.glob("fold-*"))
+
     def pending_commits(self) -> list[Path]:
         """Every commit.json of a request committed but not yet finished, in a stable order."""
         return sorted(self.pending_dir.glob("fold-*/shard-*/commit.json"))
@@ -127,6 +130,8 @@ class SummaryLayout:
     fairness_csv = property(lambda self: self.root / f"{self.name}-fairness.csv")
     predictions = property(lambda self: self.root / f"{self.name}-predictions.csv")
     info = property(lambda self: self.root / f"{self.name}-info.json")
+    logits = property(lambda self: self.root / f"{self.name}-logits.npz")
+    aggregations = property(lambda self: self.root / f"{self.name}-aggregations.csv")
     bars = property(lambda self: self.root / f"{self.name}-bars.png")
     heatmap = property(lambda self: self.root / f"{self.name}-heatmap.png")
     composition_png = property(lambda self: self.root / f"{self.name}-composition.png")
@@ -138,7 +143,7 @@ class SummaryLayout:
     def all_files(self, folds: int) -> list[Path]:
         return [*(self.fold(k, folds) for k in range(1, folds + 1)), self.mean, self.square,
                 self.results_csv, self.results_pickle, self.fairness_csv, self.predictions, self.info,
-                self.bars, self.heatmap, self.composition_png]
+                self.logits, self.aggregations, self.bars, self.heatmap, self.composition_png]
 
 
 def compare_stem(root: Path, names: list[str]) -> Path:
@@ -173,3 +178,7 @@ class StudyLayout:
 
     def predictions_file(self, run: str) -> Path:
         return self.predictions / f"{run}.npz"
+
+    def faces_file(self, test: str) -> Path:
+        """The test faces (fold, file, race, age class, group) every predictions file is aligned with."""
+        return self.predictions / f"{test}-faces.csv"

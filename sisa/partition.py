@@ -11,6 +11,9 @@ A strategy is `<placement>-<test set>`:
                       put_in shard -> as few shards as possible (latest slices first within a shard)
                       put_in slice -> the last slice of every shard (spread evenly over shards),
                                       then the next-latest slices
+            segregated  the faces of one race (--segregate) first, placed like `sorted`: with put_in
+                      shard they fill as few shards as possible. A diagnostic, not a strategy: the
+                      study's positive control, a placement that should visibly change fairness
 The training faces are cut into S x R disjoint parts whose sizes differ by at most one; no face is
 dropped. Each fold draws from its own streams of the run's seed, and the test set's stream does not
 depend on the placement, so runs that differ only in strategy placement share their test faces.
@@ -120,8 +123,10 @@ def part_sizes(n: int, num_shards: int, num_slices: int) -> np.ndarray:
     return sizes.reshape(num_shards, num_slices)
 
 
-def place(high: np.ndarray, cfg: RunConfig, gen: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Shard and slice of each training face (given its high-likelihood flag)."""
+def place(first: np.ndarray, cfg: RunConfig, gen: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Shard and slice of each training face, given which faces go first (the high-likelihood flag
+    for `sorted`, the segregated race for `segregated`; ignored by `random`)."""
+    high = first
     n, S, R = len(high), cfg.num_shards, cfg.num_slices
     if n < S * R:
         raise SisaError(f"{S} shards x {R} slices = {S * R} parts but only {n} training faces; "
@@ -132,8 +137,8 @@ def place(high: np.ndarray, cfg: RunConfig, gen: np.random.Generator) -> tuple[n
     slot_slice = np.repeat(np.tile(np.arange(R), S), sizes.ravel())
     slot_pos = np.concatenate([np.arange(c) for c in sizes.ravel()])
     faces = gen.permutation(n)
-    if cfg.placement == "sorted":
-        faces = faces[np.argsort(~high[faces], kind="stable")]     # high-likelihood first
+    if cfg.placement in ("sorted", "segregated"):
+        faces = faces[np.argsort(~high[faces], kind="stable")]     # high-likelihood (or the race) first
         if cfg.put_in == "shard":     # fill shard 0 (its latest slices first), then shard 1, ...
             slots = np.lexsort((slot_pos, -slot_slice, slot_shard))
         else:                         # every shard's last slice first, round-robin over shards
@@ -155,7 +160,9 @@ def build_partition(table: pd.DataFrame, cfg: RunConfig, fold: int) -> pd.DataFr
     part["group"] = pd.Series(pd.NA, index=part.index, dtype="string")
     part.loc[test, "group"] = groups
     train = np.flatnonzero(part["role"].to_numpy() == "train")
-    shard, slice_ = place(part["high_likelihood"].to_numpy()[train], cfg, rng(cfg.seed, "placement", fold))
+    first = part["race"].to_numpy() == RACES.index(cfg.segregate) if cfg.placement == "segregated" \
+        else part["high_likelihood"].to_numpy()
+    shard, slice_ = place(first[train], cfg, rng(cfg.seed, "placement", fold))
     for col, values in (("shard", shard), ("slice", slice_)):
         part[col] = pd.array([pd.NA] * len(part), dtype="Int64")
         part.loc[train, col] = values

@@ -115,3 +115,21 @@ def cost_chart(table: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("race accuracy gap (best - worst), points")
     ax.set_title("unlearning cost versus unfairness", fontsize=10)
     return _save(fig, path)
+
+
+def contrast_chart(families: dict[str, list[dict]], path: Path) -> Path:
+    """Changes (points) with 95% intervals of the gap and worst-race statistics, one row per comparison,
+    grouped by family; the verdict beside each."""
+    rows = [c for name, cs in families.items() if "by group" not in name for c in cs]
+    fig, ax = plt.subplots(figsize=(8, 0.42 * max(3, len(rows)) + 1))
+    for i, c in enumerate(reversed(rows)):
+        colour = {"widened": "#c0392b", "narrowed": "#2471a3", "higher": "#2471a3", "lower": "#c0392b"}.get(c["verdict"], "0.35")
+        ax.errorbar([100 * c["change"]], [i], xerr=[[100 * (c["change"] - c["ci_low"])], [100 * (c["ci_high"] - c["change"])]],
+                    fmt="o", color=colour, capsize=3)
+        ax.text(1.02, i, c["verdict"], transform=ax.get_yaxis_transform(), fontsize=7, va="center", color=colour)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)), [f"{c['run']} vs {c['reference']}: {c['statistic']}" for c in reversed(rows)],
+                  fontsize=7)
+    ax.set_xlabel("change in points (95% interval)")
+    ax.set_title("Is unfairness changed? Paired changes of the gap and of the worst race", fontsize=10)
+    return _save(fig, path)

@@ -2,8 +2,10 @@
 
 Streams are derived, never shared: `rng(seed, "test", fold)` and `rng(seed, "placement", fold)` are
 independent generators, so changing how shards are filled never changes which faces are tested, and
-fold 3 does not depend on how many numbers fold 2 drew. The global RNGs of `random`, numpy and torch
-are not used for any choice this project makes.
+fold 3 does not depend on how many numbers fold 2 drew. Every choice draws from an explicit generator,
+with one exception: nn.Dropout cannot be handed one and draws from torch's global generators, so each
+training stage seeds those from its own stream first (engine.stage_generators). The global RNGs of
+`random` and numpy are never used.
 """
 from __future__ import annotations
 

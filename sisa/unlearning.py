@@ -224,7 +224,7 @@ def recorded_training_seconds(layout: RunLayout, cfg: RunConfig, fold: int) -> f
 
 
 def serve_plan(layout: RunLayout, opts: Options, plan: dict[int, list[str]], world: World = World(),
-               batched: bool = False):
+               batched: bool = False, bar=None):
     """Serve {fold: [faces]}; yields (fold, face, log record) as each request is committed.
 
     Requests are grouped by (fold, shard) in the order given; each group is served one request after
@@ -239,7 +239,7 @@ def serve_plan(layout: RunLayout, opts: Options, plan: dict[int, list[str]], wor
     for fold, names in plan.items():
         for face in names:
             groups.setdefault((fold, locate(exp.partitions[fold], face)[1]), []).append(face)
-    trainer = Trainer(exp, opts)
+    trainer = Trainer(exp, opts, bar)
     for (fold, _), names in world.mine(list(groups.items())):
         for batch in ([names] if batched else [[face] for face in names]):
             for record in serve(exp, trainer, fold, batch):

@@ -1,12 +1,12 @@
 """The benchmark scripts run on CPU with small settings, and their output has every field."""
 import json
-import subprocess
-import sys
+
+import pytest
 
 from helpers import run_script
-from sisa.layout import PROJECT_ROOT
 
 
+@pytest.mark.slow
 def test_pipeline_benchmark_reports_every_field(faces_dir, cache_dir, tmp_path):
     out = tmp_path / "pipe.json"
     p = run_script("benchmarks/pipeline.py", "--device", "cpu", "--sizes", 24, "--steps", 1, "--faces", 300,
@@ -22,28 +22,41 @@ def test_pipeline_benchmark_reports_every_field(faces_dir, cache_dir, tmp_path):
     assert c["decode_s_per_image"] > 0 and c["cache_load_s_per_image"] > 0 and c["images_in_cache"] > 300
 
 
-def test_study_runs_every_phase_and_times_it(faces_dir, cache_dir, tmp_path):
-    out = tmp_path / "study.json"
-    run_script("benchmarks/study.py", "--cpu_small", "--configs", "baseline", "later-slices", "--folds", 2,
-               "--limit", 600, "--epochs", 1, "--image_size", 24, "--test_per_cell", 2, "--test_random", 10,
-               "--sample", 1, "--n_boot", 50, "--data_dir", faces_dir, "--cache_dir", cache_dir,
-               "--checkpoints_dir", tmp_path / "ck", "--summaries_dir", tmp_path / "s", "--out", out)
+@pytest.mark.slow
+def test_recipe_benchmark_measures_accuracy_per_compute(faces_dir, cache_dir, tmp_path):
+    out = tmp_path / "recipes.json"
+    run_script("benchmarks/recipes.py", "--grid", "strong:cnn-max:24", "original:cnn:24", "--epochs", 1, "--folds", 2,
+               "--folds_run", 1, "--n_boot", 20, "--device", "cpu", "--data_dir", faces_dir, "--cache_dir", cache_dir,
+               "--out", out, no_progress=False)
     r = json.loads(out.read_text())
-    assert r["label"].startswith("CPU-sized") and r["device"].startswith("CPU")
-    base, later = r["configs"]
-    for c in (base, later):
-        assert {"seconds_data_and_partitions", "seconds_training", "seconds_evaluation", "training_images_per_s",
-                "fairness", "fairness_ci", "top1", "composition", "expected_unlearning"} <= set(c)
-    assert "unlearning_requests" not in base and len(later["unlearning_requests"]) == 2      # 1 per fold
-    assert later["expected_unlearning"][0]["speedup_vs_full"] > 1
-    five = later["expected_unlearning_batches"]["5"]
-    assert len(five) == 2 and all(1 <= e["shards_retrained"] <= 5 for e in five)           # 2 folds, 5 shards
-    assert "expected_unlearning_batches" not in base
-    # the tables of RESULTS.md, from the study's own outputs
-    tables = subprocess.run([sys.executable, "benchmarks/results_tables.py", "--study", str(out), "--summaries_dir",
-                             str(tmp_path / "s"), "--n_boot", "50"], capture_output=True, text=True, check=True,
-                            cwd=PROJECT_ROOT).stdout
-    assert "| white | " in tables and "(75.9)" in tables and "| later-slices | " in tables
-    assert "batches of 5: shards retrained" in tables and "high unlearning likelihood" in tables
-    assert r["compare"]["changes"] and r["unlearning_report"][1]["requests_served"] == 2
-    assert (tmp_path / "s" / "study-balanced-24px-unlearning.png").exists()
+    assert r["protocol"]["configuration"] == "1x1 baseline, random-kfold" and r["protocol"]["folds_trained"] == 1
+    strong, original = r["points"]
+    assert (strong["recipe"], strong["model"], strong["tta_default"]) == ("strong", "cnn-max", "flip")
+    assert original["tta_default"] == "none" and original["recipe_settings"]["schedule"] == "steps"
+    for p in (strong, original):
+        s = p["tta_" + p["tta_default"]]
+        lo, hi = s["top1_ci"]["random"]
+        assert 0 <= lo <= s["top1"]["random"] <= hi <= 1 and set(s["per_class_random"]) >= {"0-2", "66+"}
+        assert p["training_seconds"] > 0 and p["images_per_s"] > 0
+    assert (tmp_path / "recipes.png").stat().st_size > 0
+
+
+def test_faces_are_packed_into_parts_that_fit_one_command(faces_dir, tmp_path):
+    import tarfile
+
+    from sisa.data import parse_name
+    run_script("benchmarks/pack_faces.py", "--data_dir", faces_dir, "--limit", 60, "--max_mib", 0.3, "--out", tmp_path,
+               no_progress=False)
+    parts = sorted(tmp_path.glob("utk200-*of*.tar"))
+    assert len(parts) >= 2 and all(p.stat().st_size <= 0.3 * 2 ** 20 + 20 * 1024 for p in parts)
+    names = [m.name for p in parts for m in tarfile.open(p).getmembers()]
+    assert len(names) == 60 and all(n.startswith("utk200/") and n.endswith(".webp") for n in names)
+    assert all(not isinstance(parse_name(n.split("/")[1]), str) for n in names)       # the labels survive
+
+
+def test_the_engine_check_says_it_needs_a_gpu(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is here: gpu_check.sh runs the real check")
+    proc = run_script("benchmarks/engine_check.py", "--out", tmp_path / "x.json", check=False, no_progress=False)
+    assert proc.returncode == 2 and "needs a CUDA GPU" in proc.stderr and not (tmp_path / "x.json").exists()

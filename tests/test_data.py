@@ -151,11 +151,11 @@ def test_cache_checksum_kind_never_changes_the_run_fingerprint(own_faces_dir, tm
     with pytest.warns(UserWarning, match="damaged or stale"):
         assert load_faces(own_faces_dir, 24, cache_dir, progress=False).fingerprint == fast.fingerprint
     monkeypatch.undo()
-    # a cache written before digests named their kind (bare CRC-32 hex, no "content") is still used
+    # a cache of an older format is rebuilt, never half-read, and the faces keep their fingerprint
     index = json.loads((cache / "index.json").read_text())
-    index["digest"] = index["digest"].split(":", 1)[1]
-    del index["content"]
+    index["version"] -= 1
     (cache / "index.json").write_text(json.dumps(index))
     stamp = (cache / "images.npy").stat().st_mtime_ns
-    legacy = load_faces(own_faces_dir, 24, cache_dir, progress=False)
-    assert (cache / "images.npy").stat().st_mtime_ns == stamp and legacy.fingerprint == fast.fingerprint
+    with pytest.warns(UserWarning, match="damaged or stale"):
+        old = load_faces(own_faces_dir, 24, cache_dir, progress=False)
+    assert (cache / "images.npy").stat().st_mtime_ns != stamp and old.fingerprint == fast.fingerprint

@@ -99,8 +99,11 @@ def test_compare_answers_the_amplification_question(runs, tmp_path):
     assert "gap (best - worst)" in out
     stem = sums / "compare-random-balanced-slice-2x2-vs-sorted-balanced-slice-2x2"
     changes = pd.read_csv(f"{stem}-changes.csv")
-    gap = changes[changes["statistic"] == "gap (best - worst)"].iloc[0]
+    gap = changes[changes["statistic"].str.startswith("gap (")].iloc[0]
     assert gap["ci_low"] <= gap["change"] <= gap["ci_high"] and bool(gap["paired"])   # same test faces: paired
+    expected = (("widened" if gap["change"] > 0 else "narrowed") if gap["p_adjusted"] < 0.05
+                else f"inconclusive (detectable ±{100 * gap['detectable']:.1f})")
+    assert gap["verdict"] == expected
     side = pd.read_csv(f"{stem}-side.csv", index_col=0)
     assert list(side.columns) == ["random-balanced-slice-2x2", "sorted-balanced-slice-2x2"]
     assert (sums / f"{stem.name}.png").stat().st_size > 0

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from sisa.data import RACES
-from sisa.fairness import (fairness_stats, fairness_table, metricframe_by_fold, original_summaries,
-                           race_accuracy_replicates, tidy_metrics)
+from sisa.fairness import (compare_runs, fairness_stats, fairness_table, metricframe_by_fold, original_summaries,
+                           race_replicates, tidy_metrics)
 
 
 def toy(fold=0, shift=0):
@@ -66,11 +66,27 @@ def test_metricframe_and_bootstrap_agree_and_intervals_cover_the_estimate():
     pred = pd.concat([toy(0), toy(1, shift=1)])
     mf = metricframe_by_fold(pred)
     assert mf["top1 black"].tolist() == pytest.approx([0.75, 0.75]) and mf["gap"].tolist() == pytest.approx([1.0, 1.0])
-    reps = race_accuracy_replicates(pred, "balanced", 200)
+    reps = race_replicates(pred, "balanced", 200)
     assert reps.shape == (201, 5) and reps[0] == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
     table = fairness_table(pred, "balanced", 200)
     assert table.loc["gap (best - worst)", "value"] == pytest.approx(1.0)
     assert (table["ci_low"] <= table["value"] + 1e-12).all() and (table["value"] <= table["ci_high"] + 1e-12).all()
+    assert table.loc["gap (best - worst)", "interval"] == "basic" and table.loc["top1 black", "interval"] == "percentile"
     # resampling within (race, age class) cells: a race whose cells are all right or all wrong cannot move
     assert table.loc["top1 white", "ci_low"] == table.loc["top1 white", "ci_high"] == 1.0
     assert table.loc["top1 black", "ci_low"] < 0.75 < table.loc["top1 black", "ci_high"]
+
+
+def test_compare_versus_the_baseline_by_hand():
+    base = pd.concat([toy(0), toy(1, shift=1)])
+    worse = base.copy()
+    black = worse["filename"].str.startswith("black")
+    worse.loc[black, "pred1"] = (worse.loc[black, "age_class"] + 1) % 7          # black: every face wrong now
+    side, changes = compare_runs({"base": base, "worse": worse}, {"base": "balanced", "worse": "balanced"}, "base", 200)
+    assert side.loc["top1 black", "base"] == pytest.approx(0.75) and side.loc["top1 black", "worse"] == 0.0
+    ch = changes.set_index("statistic")
+    # the baseline's best race is white (1.0) and its worst other (0.0): the gap between those two is unchanged
+    assert ch.loc["top1 black", "change"] == pytest.approx(-0.75) and ch.loc["gap (white - other)", "change"] == 0
+    assert ch.loc["worst race (other) top1", "change"] == 0 and bool(ch["paired"].all())
+    assert ch.loc["gap (white - other)", "verdict"].startswith("inconclusive (detectable ±")
+    assert ch.loc["top1 black", "verdict"] == "lower"

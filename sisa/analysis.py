@@ -1,0 +1,214 @@
+"""A study's numbers: everything its report shows, computed from the runs' files into one dict.
+
+Inputs are what the study's commands wrote: the summaries' per-face predictions (before and after
+unlearning), the runs' saved logits, partitions, unlearning logs and checkpoint records. Nothing is
+retrained. The dict is report.json; report.md is rendered from it alone (report.py).
+"""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+from .data import AGE_CLASSES, RACES
+from .evaluation import composition_shares
+from .experiment import Options, open_run, versions
+from .layout import RunLayout, SummaryLayout
+from .store import read_jsonl
+
+POSTER = {  # top-1 % on the poster (mean of 5 runs, ImageNet weights, 200 px, balanced test of 63 faces per race)
+    "random": {"baseline": 66.3, "uniform": 61.6, "few-shards": 61.9, "later-slices": 60.0},
+    "white": {"baseline": 75.9, "uniform": 71.4, "few-shards": 71.1, "later-slices": 68.9},
+    "black": {"baseline": 64.4, "uniform": 56.8, "few-shards": 59.7, "later-slices": 59.4},
+    "asian": {"baseline": 64.4, "uniform": 62.5, "few-shards": 62.2, "later-slices": 61.6},
+    "indian": {"baseline": 72.1, "uniform": 59.7, "few-shards": 61.3, "later-slices": 59.4},
+    "other": {"baseline": 71.7, "uniform": 60.3, "few-shards": 59.4, "later-slices": 57.5},
+}
+POSTER_COMPOSITION = {"high unlearning likelihood": [42.9, 16.9, 15.1, 18.1, 7.0],
+                      "low unlearning likelihood": [42.4, 19.8, 14.3, 16.3, 7.2]}
+PLACEMENTS = ("few-shards", "later-slices")
+BATCHES = (5, 20)
+COLLAPSED = 0.10          # an age class below 10% top-1 in some group is shown class by class
+
+
+def _records(table: pd.DataFrame) -> dict:
+    return {k: {c: _num(v) for c, v in row.items()} for k, row in table.to_dict(orient="index").items()}
+
+
+def _num(v):
+    if isinstance(v, (float, np.floating)):
+        return None if not np.isfinite(v) else float(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    return v
+
+
+class RunSet:
+    """The runs of one configuration (one per training seed) for one test kind."""
+
+    def __init__(self, tag: str, names: list[str], checkpoints_dir: Path, summaries_dir: Path, progress: dict):
+        self.tag, self.names = tag, names
+        self.layouts = [RunLayout((Path(checkpoints_dir) / n).resolve()) for n in names]
+        self.exps = [open_run(layout, Options(), with_images=False) for layout in self.layouts]
+        self.cfg = self.exps[0].cfg
+        self.sisa = self.cfg.num_shards * self.cfg.num_slices > 1
+        self.summaries_dir = Path(summaries_dir)
+        self.before_names = [progress[n]["evaluate"]["summary"] for n in names]
+        self.before = [self._pred(summaries_dir, b) for b in self.before_names]
+        after = [progress.get(n, {}).get("evaluate after unlearning") for n in names]
+        self.after = [self._pred(summaries_dir, a["summary"]) for a in after] if all(after) else None
+        self.after_names = [a["summary"] for a in after] if all(after) else None
+
+    @staticmethod
+    def _pred(summaries_dir: Path, name: str) -> pd.DataFrame:
+        return pd.read_csv(SummaryLayout(Path(summaries_dir), name).predictions)
+
+
+def analyse(settings, checkpoints_dir: Path, summaries_dir: Path, progress: dict, device: str) -> dict:
+    """The whole report as plain data (see report.py for how it is shown)."""
+    out = {"study": settings.name, "settings": settings.to_dict(), "machine": machine(device),
+           "timings": timings(progress), "poster": {"top1": POSTER, "composition": POSTER_COMPOSITION}, "tests": {}}
+    for test in settings.tests:
+        sets = {tag: RunSet(tag, [settings.run_name(test, tag, k) for k in range(settings.seeds)], checkpoints_dir,
+                            summaries_dir, progress) for tag in settings.all_configs}
+        out["tests"][test] = analyse_test(test, sets, settings.n_boot)
+    return out
+
+
+def analyse_test(test: str, sets: dict[str, RunSet], n_boot: int) -> dict:
+    faces = stats.test_faces(sets["baseline"].before[0])
+    reps = stats.Replicates(faces, test, n_boot)
+    acc, acc_after, seeds_level = {}, {}, {}
+    for tag, rs in sets.items():
+        draws = stats.seed_draws(len(rs.names), n_boot, f"{test}/{tag}")
+        per_seed = [reps.group_acc(stats.hits(p, faces)) for p in rs.before]
+        acc[tag] = stats.combine_seeds(per_seed, draws)
+        seeds_level[tag] = stats.level_stats(np.stack([a[0] for a in per_seed]))
+        if rs.after is not None:
+            acc_after[tag] = stats.combine_seeds([reps.group_acc(stats.hits(p, faces)) for p in rs.after], draws)
+    result = {"faces": {"tested": len(faces), "per_race": {r: int((faces["race"] == i).sum()) for i, r in enumerate(RACES)},
+                        "folds": int(faces["fold"].nunique())},
+              "levels": {tag: _records(stats.level_table(stats.level_stats(a), seeds_level[tag])) for tag, a in acc.items()},
+              "per_class": {tag: per_class(reps, sets[tag], faces) for tag in sets},
+              "contrasts": contrast_families(acc, acc_after),
+              "aggregations": {tag: aggregations(rs, rs.summaries_dir) for tag, rs in sets.items() if rs.sisa},
+              "unlearning": {tag: unlearning(rs) for tag, rs in sets.items() if rs.sisa},
+              "composition": _records(composition_shares(sets.get("later-slices", sets["baseline"]).exps[0].partitions)),
+              "runs": {tag: {"before": rs.names, "after": rs.after_names} for tag, rs in sets.items()}}
+    if acc_after:
+        result["levels_after"] = {tag: _records(stats.level_table(stats.level_stats(a))) for tag, a in acc_after.items()}
+    result["collapsed"] = [{"config": tag, "group": g, "age_class": c, "top1": v}
+                           for tag, t in result["per_class"].items() for g, row in t.items() for c, v in row.items()
+                           if v is not None and v < COLLAPSED]
+    return result
+
+
+def contrast_families(acc: dict, acc_after: dict) -> dict:
+    """Every comparison, each in its family with Holm-adjusted verdicts (see stats)."""
+    def block(run, ref, best, worst, family):
+        return stats.contrasts(run, ref, stats.contrast_stats(acc_of[run], best, worst),
+                               stats.contrast_stats(acc_of[ref], best, worst), family)
+    families = {}
+    acc_of = dict(acc)
+    if "uniform" in acc:
+        best, worst = stats.reference_identities(acc["uniform"])
+        placed = [t for t in PLACEMENTS if t in acc]
+        primary, groups = [], []
+        for t in placed:
+            cs = block(t, "uniform", best, worst, "placement vs uniform")
+            primary += [c for c in cs if not c.statistic.startswith("top1")]
+            groups += [c for c in cs if c.statistic.startswith("top1")]
+        families["placement vs uniform"] = stats.decide(primary)
+        families["placement vs uniform, by group"] = stats.decide(groups)
+        if "control" in acc:
+            cs = block("control", "uniform", best, worst, "control vs uniform")
+            families["control vs uniform"] = stats.decide([c for c in cs if not c.statistic.startswith("top1")])
+            families["control vs uniform, by group"] = stats.decide([c for c in cs if c.statistic.startswith("top1")])
+    best, worst = stats.reference_identities(acc["baseline"])
+    vs_base = [c for t in acc if t != "baseline" for c in block(t, "baseline", best, worst, "vs baseline")]
+    families["vs baseline"] = stats.decide([c for c in vs_base if not c.statistic.startswith("top1")])
+    families["vs baseline, by group"] = stats.decide([c for c in vs_base if c.statistic.startswith("top1")])
+    after = []
+    for t, a in acc_after.items():
+        best, worst = stats.reference_identities(acc[t])
+        acc_of[f"{t} after"] = a
+        after += block(f"{t} after", t, best, worst, "after vs before unlearning")
+    if after:
+        families["after vs before unlearning"] = stats.decide([c for c in after if not c.statistic.startswith("top1")])
+        families["after vs before unlearning, by group"] = stats.decide([c for c in after if c.statistic.startswith("top1")])
+    return {k: [c.to_dict() for c in v] for k, v in families.items()}
+
+
+def per_class(reps: stats.Replicates, rs: RunSet, faces: pd.DataFrame) -> dict:
+    """Top-1 per group and age class (mean over seeds, before unlearning)."""
+    tables = [reps.class_acc(stats.hits(p, faces)) for p in rs.before]
+    mean = np.nanmean(np.stack(tables), axis=0) if len(tables) > 1 else tables[0]
+    return {g: {c: _num(mean[i, j]) for j, c in enumerate(AGE_CLASSES)} for i, g in enumerate(stats.GROUPS)}
+
+
+def aggregations(rs: RunSet, summaries_dir: Path) -> dict:
+    """Top-1 per group of the ensemble under each aggregation and of the single shard models (mean,
+    lowest, highest), before unlearning, mean over seeds (from evaluate.py's -aggregations.csv)."""
+    tables = [pd.read_csv(SummaryLayout(Path(summaries_dir), n).aggregations, index_col=0) for n in rs.before_names]
+    mean = sum(tables) / len(tables)
+    return {m: {g: _num(v) for g, v in row.items()} for m, row in mean.iterrows()}
+
+
+def unlearning(rs: RunSet) -> dict:
+    """Expected cost per request (both request models; the run's and the SISA paper's epoch schedule),
+    batches, and the requests served (measured, verified)."""
+    import dataclasses
+
+    from .unlearning import expected_batch_cost, expected_cost
+    cfg, parts = rs.cfg, rs.exps[0].partitions          # every seed has the same partitions
+    sisa_cfg = dataclasses.replace(cfg, slice_epochs="sisa")
+    out = {"slice_epochs": cfg.slice_epochs, "expected": {}, "expected_sisa_schedule": {}, "batches": {}}
+    for model in ("shared", "independent"):
+        out["expected"][model] = _mean_dicts([expected_cost(p, cfg, model) for p in parts])
+        out["expected_sisa_schedule"][model] = _mean_dicts([expected_cost(p, sisa_cfg, model) for p in parts])
+        out["batches"][model] = {str(k): _mean_dicts([expected_batch_cost(p, cfg, k, 1000, cfg.seed, f, model)
+                                                      for f, p in enumerate(parts)]) for k in BATCHES
+                                 if all(k <= int((p["role"] == "train").sum()) for p in parts)}
+    log = [r for layout in rs.layouts for r in read_jsonl(layout.unlearning_log)]
+    trained = [sum(json_seconds(layout, cfg, f) for f in range(cfg.folds)) for layout in rs.layouts]
+    out["served"] = {"requests": len(log),
+                     "share_of_full": _num(np.mean([r["share_of_full"] for r in log])) if log else None,
+                     "speedup_vs_baseline": _num(np.mean([r["speedup_vs_baseline"] for r in log])) if log else None,
+                     "wall_seconds_per_request": _num(np.mean([r["wall_seconds"] for r in log])) if log else None,
+                     "training_seconds_per_fold": _num(np.mean(trained) / cfg.folds),
+                     "verified": True}
+    return out
+
+
+def json_seconds(layout: RunLayout, cfg, fold: int) -> float:
+    from .checkpoints import sidecar
+    from .store import read_json
+    return sum(read_json(sidecar(layout.checkpoint(fold, s, l))).get("train_seconds", 0)
+               for s in range(cfg.num_shards) for l in range(cfg.num_slices))
+
+
+def _mean_dicts(ds: list[dict]) -> dict:
+    out = {}
+    for k, v in ds[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = _num(float(np.mean([d[k] for d in ds])))
+        elif k == "request_model":
+            out[k] = v
+    return out
+
+
+def timings(progress: dict) -> dict:
+    return {run: {phase: _num(float(v["seconds"])) for phase, v in phases.items()} for run, phases in progress.items()}
+
+
+def machine(device: str) -> dict:
+    import os
+
+    import torch
+
+    from .device import device_name, resolve_device
+    return {"device": device_name(resolve_device(device)), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "versions": versions()}

@@ -1,0 +1,366 @@
+"""A study's report: report.json (every number), report.md rendered from it alone, figures, and the
+per-face predictions of every run (small .npz files, so any contrast can be recomputed).
+
+`render(report)` is a pure function of the JSON: the markdown never shows a number the JSON lacks,
+and RESULTS.md is made from committed reports the same way (sisa.results).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import plots
+from .analysis import analyse
+from .data import AGE_CLASSES, RACES
+from .layout import StudyLayout, SummaryLayout
+from .stats import GROUPS
+from .store import write_bytes, write_json, write_text
+
+TEST_TITLES = {"kfold": "k-fold test (every face tested once, by the models of the fold that held it out)",
+               "balanced": "balanced test (the original's: a fixed number of faces per race x age class, plus random faces)",
+               "random": "random test faces"}
+CONFIG_TITLES = {"baseline": "baseline 1x1", "uniform": "uniform", "few-shards": "few shards",
+                 "later-slices": "later slices", "control": "control (one race in one shard)"}
+
+
+def write_report(layout: StudyLayout, settings, opts, summaries_dir: Path, progress: dict,
+                 seconds_total: float) -> Path:
+    data = analyse(settings, opts.checkpoints_dir, summaries_dir, progress, opts.device)
+    data["seconds_total"] = seconds_total
+    data["figures"] = figures(layout, data, summaries_dir)
+    data["predictions"] = save_predictions(layout, data, summaries_dir)
+    write_json(layout.report_json, data)
+    write_text(layout.report_md, render(data))
+    return layout.report_md
+
+
+# ---- formatting ---------------------------------------------------------------------------------
+def pct(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{100 * x:.1f}"
+
+
+def chg(x) -> str:
+    return "–" if x is None else f"{100 * x:+.1f}"
+
+
+def interval(lo, hi, signed: bool = False) -> str:
+    f = chg if signed else pct
+    return f"[{f(lo)}, {f(hi)}]"
+
+
+def secs(x) -> str:
+    return "–" if x is None else (f"{x:.0f} s" if x >= 10 else f"{x:.1f} s")
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def family(data_test: dict, name: str) -> list[dict]:
+    return data_test["contrasts"].get(name, [])
+
+
+def find(cs: list[dict], run: str, prefix: str) -> dict | None:
+    return next((c for c in cs if c["run"] == run and c["statistic"].startswith(prefix)), None)
+
+
+# ---- the markdown -------------------------------------------------------------------------------
+def render(r: dict, figure_prefix: str = "", heading: int = 1) -> str:
+    h = "#" * heading
+    s = r["settings"]
+    parts = [f"{h} Study `{r['study']}`: does likelihood-based placement change fairness?", "",
+             summary_line(r), "", f"{h}# Settings", "", settings_table(r), "", f"{h}# Machine and time", "",
+             machine_table(r), ""]
+    for test, t in r["tests"].items():
+        parts += [f"{h}# {TEST_TITLES.get(test, test).capitalize()}", "",
+                  f"{t['faces']['tested']:,} test faces over {t['faces']['folds']} fold(s): "
+                  + ", ".join(f"{n:,} {race}" for race, n in t["faces"]["per_race"].items()) + ".", ""]
+        parts += answer(t, h) + control(t, h) + accuracy(r, t, h) + versus_baseline(t, h) + after(t, h)
+        parts += aggregations(t, h) + costs(t, s, h) + composition(r, t, h) + collapsed(t, h)
+        parts += [f"{h}## Figures", ""] + [f"![{k}]({figure_prefix}{v})" for k, v in r["figures"].get(test, {}).items()] + [""]
+    parts += method(r, h)
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def summary_line(r: dict) -> str:
+    s, m = r["settings"], r["machine"]
+    runs = len(s["tests"]) * (len(s["configs"]) + (1 if s["control"] and "control" not in s["configs"] else 0)) * s["seeds"]
+    return (f"Preset `{s['preset']}` on {m['device']}: {runs} training runs ({s['seeds']} training seed(s) per "
+            f"configuration), {s['sample']} unlearning request(s) served per fold and SISA run, "
+            f"{secs(r['seconds_total'])} in all ({r['seconds_total'] / 60:.1f} min).")
+
+
+def settings_table(r: dict) -> str:
+    s = r["settings"]
+    rows = [["preset", s["preset"]], ["image size", f"{s['image_size']} px"], ["model", s["model"]],
+            ["initial weights", s["weights"]], ["recipe", s["recipe"]],
+            ["epochs per stage", f"{s['epochs']} (`--slice_epochs {s['slice_epochs']}`)"],
+            ["folds", str(s["folds"])], ["test sets", ", ".join(s["tests"])],
+            ["SISA", f"{s['num_shards']} shards x {s['num_slices']} slices"],
+            ["training seeds per configuration", str(s["seeds"])],
+            ["unlearning requests served per fold", str(s["sample"])],
+            ["positive control", f"{s['segregate']} faces in as few shards as possible" if s["control"] else "off"],
+            ["bootstrap resamples", str(s["n_boot"])], ["faces", "all" if s["limit"] is None else f"{s['limit']:,}"]]
+    return table(["setting", "value"], rows)
+
+
+def machine_table(r: dict) -> str:
+    m, v = r["machine"], r["machine"]["versions"]
+    lines = [table(["", ""], [["device", m["device"]], ["CPUs / torch threads", f"{m['cpus']} / {m['torch_threads']}"],
+                              ["versions", f"python {v['python']}, torch {v['torch']}, torchvision {v['torchvision']}, "
+                                           f"numpy {v['numpy']}, pandas {v['pandas']}"],
+                              ["git commit", v["git_commit"]], ["total", secs(r["seconds_total"])]]), ""]
+    rows = [[run, *(secs(ph.get(k)) for k in ("train", "evaluate", "unlearning", "evaluate after unlearning"))]
+            for run, ph in r["timings"].items()]
+    lines.append(table(["run", "training", "evaluation", "unlearning (served, verified)", "evaluation after"], rows))
+    return "\n".join(lines)
+
+
+def answer(t: dict, h: str) -> list[str]:
+    cs = family(t, "placement vs uniform")
+    if not cs:
+        return []
+    gap0 = next(c for c in cs if c["statistic"].startswith("gap"))
+    worst0 = next(c for c in cs if c["statistic"].startswith("worst"))
+    rows = []
+    for run in dict.fromkeys(c["run"] for c in cs):
+        g, w = find(cs, run, "gap"), find(cs, run, "worst")
+        rows.append([CONFIG_TITLES[run], f"{chg(g['change'])} {interval(g['ci_low'], g['ci_high'], True)}", g["verdict"],
+                     f"{chg(w['change'])} {interval(w['ci_low'], w['ci_high'], True)}", w["verdict"]])
+    by = family(t, "placement vs uniform, by group")
+    group_rows = [[CONFIG_TITLES[run], *(cell(find(by, run, f"top1 {g}")) for g in GROUPS)]
+                  for run in dict.fromkeys(c["run"] for c in by)]
+    return [f"{h}## The answer: placement versus uniform SISA", "",
+            f"Change in points (placement − uniform), paired on the same test faces, 95% intervals over test faces and "
+            f"training seeds. The gap is between uniform's best and worst races ({gap0['statistic'][5:-1]}); the worst "
+            f"race is uniform's ({worst0['statistic'].split('(')[1].split(')')[0]}). Verdicts: Holm-adjusted over these "
+            f"{len(cs)} tests; *inconclusive* means the test cannot tell, and gives the change it would have detected "
+            "(80% power).", "",
+            table(["placement", "change of the gap", "verdict", "change of the worst race", "verdict"], rows), "",
+            "By group (change in points [95% CI], Holm-adjusted over the table):", "",
+            table(["placement", *GROUPS], group_rows), ""]
+
+
+def cell(c: dict | None) -> str:
+    if c is None:
+        return "–"
+    v = c["verdict"] if not c["verdict"].startswith("inconclusive") else "inconclusive"
+    return f"{chg(c['change'])} {interval(c['ci_low'], c['ci_high'], True)} {v}"
+
+
+def control(t: dict, h: str) -> list[str]:
+    cs = family(t, "control vs uniform")
+    if not cs:
+        return []
+    g, w = find(cs, "control", "gap"), find(cs, "control", "worst")
+    ok = g["verdict"] == "widened"
+    by = family(t, "control vs uniform, by group")
+    return [f"{h}## Positive control: one race's faces in as few shards as possible", "",
+            table(["", "change of the gap", "verdict", "change of the worst race", "verdict"],
+                  [["control − uniform", f"{chg(g['change'])} {interval(g['ci_low'], g['ci_high'], True)}", g["verdict"],
+                    f"{chg(w['change'])} {interval(w['ci_low'], w['ci_high'], True)}", w["verdict"]]]), "",
+            table(["", *GROUPS], [["control − uniform", *(cell(find(by, "control", f"top1 {x}")) for x in GROUPS)]]), "",
+            ("The study detects a placement built to change fairness: its gap comes out widened, so a null result for "
+             "the likelihood placements is not built into the pipeline." if ok else
+             "**The control did not come out widened**: at these settings the pipeline cannot show amplification even "
+             "where it was built in; read the placement verdicts above as uninformative."), ""]
+
+
+def accuracy(r: dict, t: dict, h: str) -> list[str]:
+    tags = list(t["levels"])
+    poster = r["poster"]["top1"]
+    seeds = r["settings"]["seeds"]
+    rows = []
+    for g in GROUPS:
+        row = [g]
+        for tag in tags:
+            v = t["levels"][tag][f"top1 {g}"]
+            txt = f"{pct(v['value'])} {interval(v['ci_low'], v['ci_high'])}"
+            if tag in poster.get(g, {}):
+                txt += f" ({poster[g][tag]})"
+            row.append(txt)
+        rows.append(row)
+    for stat in ("gap (best - worst)", "worst race top1", "ratio (worst / best)"):
+        rows.append([stat, *(f"{pct(t['levels'][x][stat]['value'])} {interval(t['levels'][x][stat]['ci_low'], t['levels'][x][stat]['ci_high'])}"
+                             for x in tags)])
+    if seeds > 1:
+        rows.append(["between-seed SD of the gap", *(pct(t["levels"][x]["gap (best - worst)"]["seed_sd"]) for x in tags)])
+    return [f"{h}## Accuracy by group", "",
+            "Top-1 in % (the mean of the age classes' accuracies, as the original), mean over folds"
+            + (" and training seeds" if seeds > 1 else "") + "; 95% intervals over test faces"
+            + (" and seeds" if seeds > 1 else "") + " (percentile; basic intervals for gap, worst race and ratio, which "
+            "are order statistics). In parentheses: the poster (ImageNet weights, 200 px, 63 test faces per race).", "",
+            table(["group", *(CONFIG_TITLES[x] for x in tags)], rows), ""]
+
+
+def versus_baseline(t: dict, h: str) -> list[str]:
+    cs = family(t, "vs baseline")
+    rows = [[CONFIG_TITLES[run], f"{chg(find(cs, run, 'gap')['change'])} {interval(find(cs, run, 'gap')['ci_low'], find(cs, run, 'gap')['ci_high'], True)}",
+             find(cs, run, "gap")["verdict"],
+             f"{chg(find(cs, run, 'worst')['change'])} {interval(find(cs, run, 'worst')['ci_low'], find(cs, run, 'worst')['ci_high'], True)}",
+             find(cs, run, "worst")["verdict"]] for run in dict.fromkeys(c["run"] for c in cs)]
+    gap0 = next((c["statistic"][5:-1] for c in cs if c["statistic"].startswith("gap")), "")
+    return [f"{h}## SISA versus the monolithic baseline", "",
+            f"Change in points (configuration − baseline); the gap between the baseline's best and worst races ({gap0}). "
+            f"Holm over {len(cs)} tests.", "",
+            table(["configuration", "change of the gap", "verdict", "change of the worst race", "verdict"], rows), ""]
+
+
+def after(t: dict, h: str) -> list[str]:
+    cs = family(t, "after vs before unlearning")
+    if not cs:
+        return []
+    rows = []
+    for run in dict.fromkeys(c["run"] for c in cs):
+        tag = run[:-len(" after")]
+        g, w = find(cs, run, "gap"), find(cs, run, "worst")
+        before, later = t["levels"][tag]["gap (best - worst)"]["value"], t["levels_after"][tag]["gap (best - worst)"]["value"]
+        rows.append([CONFIG_TITLES[tag], f"{pct(before)} → {pct(later)}",
+                     f"{chg(g['change'])} {interval(g['ci_low'], g['ci_high'], True)}", g["verdict"],
+                     f"{chg(w['change'])} {interval(w['ci_low'], w['ci_high'], True)}", w["verdict"]])
+    return [f"{h}## Fairness after the served requests", "",
+            "The same test faces before and after each SISA run served its requests (paired). The change of the gap "
+            f"between the run's own best and worst races before unlearning. Holm over {len(cs)} tests.", "",
+            table(["configuration", "gap (best − worst) before → after", "change of that gap", "verdict",
+                   "change of the worst race", "verdict"], rows), ""]
+
+
+def aggregations(t: dict, h: str) -> list[str]:
+    rows = []
+    for tag, a in t["aggregations"].items():
+        for model, v in a.items():
+            rows.append([CONFIG_TITLES[tag], model, *(pct(v.get(g)) for g in GROUPS)])
+    return [f"{h}## Ensemble versus single shards, and the three aggregations", "",
+            "Top-1 in % before unlearning (mean over seeds): the ensemble under each aggregation, and the shard models "
+            "alone (their mean, lowest and highest).", "",
+            table(["configuration", "model", *GROUPS], rows), ""]
+
+
+def costs(t: dict, s: dict, h: str) -> list[str]:
+    rows = []
+    for tag, u in t["unlearning"].items():
+        e, ei, es = u["expected"]["shared"], u["expected"]["independent"], u["expected_sisa_schedule"]["shared"]
+        b = u["batches"]["shared"]
+        batch_cells = [f"{b[k]['shards_retrained']:.2f}, {pct(b[k]['batch_share_of_full'])}%" if k in b else "–"
+                       for k in ("5", "20")]
+        sv = u["served"]
+        rows.append([CONFIG_TITLES[tag], f"{e['speedup_vs_baseline']:.2f}x", f"{pct(e['expected_share_of_full'])}%",
+                     f"{es['speedup_vs_baseline']:.2f}x / {pct(es['expected_share_of_full'])}%",
+                     f"{ei['speedup_vs_baseline']:.2f}x / {pct(ei['expected_share_of_full'])}%", *batch_cells,
+                     f"{sv['requests']}: {pct(sv['share_of_full'])}%, {secs(sv['wall_seconds_per_request'])}"
+                     + (" (verified)" if sv["verified"] else "")])
+    return [f"{h}## Unlearning cost per strategy", "",
+            "Expected retraining per request from the likelihood model (no training), first as a speed-up over "
+            f"retraining the 1x1 baseline, then as a share of retraining all shards with this study's schedule "
+            f"(`--slice_epochs {s['slice_epochs']}`) and with the SISA paper's (`sisa`). Request models: *shared* (one "
+            "latent 'knows the law' draw drives both the high-likelihood flag and the request, as in the original's "
+            "model) and *independent* (requests proportional to k, independent of the flag): under the independent "
+            "model the placements' advantage is what the flag alone cannot predict. Batches: requests gathered and "
+            "served together (shards retrained per batch, batch cost as % of all shards). Served: requests drawn by "
+            "likelihood, retrained, committed and verified; measured share of all shards and wall seconds per request.", "",
+            table(["placement", "speed-up vs 1x1 (shared)", "% of all shards (shared)", "SISA schedule: vs 1x1 / % (shared)",
+                   "independent: vs 1x1 / %", "batches of 5", "batches of 20", "served"], rows), ""]
+
+
+def composition(r: dict, t: dict, h: str) -> list[str]:
+    poster = r["poster"]["composition"]
+    rows = [[label, *(f"{pct(row[race])} ({poster[label][i]})" for i, race in enumerate(RACES)), pct(row["share"])]
+            for label, row in t["composition"].items()]
+    return [f"{h}## Slice composition", "",
+            "Race shares (%) of the high- and low-likelihood training faces, pooled over folds (poster in parentheses):", "",
+            table(["training faces", *RACES, "share of faces"], rows), ""]
+
+
+def collapsed(t: dict, h: str) -> list[str]:
+    if not t["collapsed"]:
+        return []
+    classes = sorted({c["age_class"] for c in t["collapsed"]}, key=AGE_CLASSES.index)
+    rows = [[CONFIG_TITLES[tag], g, *(pct(t["per_class"][tag][g][c]) for c in AGE_CLASSES)]
+            for tag in t["per_class"] for g in GROUPS if any(t["per_class"][tag][g][c] is not None and
+                                                             t["per_class"][tag][g][c] < 0.10 for c in classes)]
+    return [f"{h}## Age classes that collapse", "",
+            f"Top-1 in % per age class, for the groups where a class scores below 10% ({', '.join(classes)}): a group's "
+            "top-1 averages its classes, so a collapsed class pulls it down whatever the others do.", "",
+            table(["configuration", "group", *AGE_CLASSES], rows), ""]
+
+
+def method(r: dict, h: str) -> list[str]:
+    return [f"{h}# How to read this", "",
+            "- Intervals resample test faces within their race × age-class cells (per fold), with the same resamples "
+            "for every run, so comparisons are paired; with several training seeds they also resample each "
+            "configuration's seeds, so training noise is in them.",
+            "- Changes are of linear statistics: a race's accuracy, the accuracy of the reference's worst race, and the "
+            "gap between the reference's best and worst races (identities fixed from the reference's estimate). The "
+            "best-minus-worst gap itself is an order statistic, biased under resampling; its level is shown with a basic "
+            "bootstrap interval only.",
+            "- Multiplicity: each table is one family, Holm-adjusted. The primary family is the gap and worst-race "
+            "changes of the placements versus uniform; per-group changes are secondary.",
+            "- *Inconclusive (detectable ±x)*: not significant; x is the change the test would have detected with 80% "
+            "power at the family's level. Inconclusive is not *equal*.",
+            "- Numbers come from the runs' files (report.json); `predictions/` holds every run's per-face predictions "
+            "and ensemble logits to recompute any contrast.", ""]
+
+
+# ---- figures and predictions -----------------------------------------------------------------------
+def figures(layout: StudyLayout, data: dict, summaries_dir: Path) -> dict:
+    out = {}
+    for test, t in data["tests"].items():
+        figs = {}
+        top1 = {CONFIG_TITLES[tag]: pd.Series({g: t["levels"][tag][f"top1 {g}"]["value"] for g in GROUPS}) for tag in t["levels"]}
+        decrease = {CONFIG_TITLES[tag]: pd.Series({g: t["levels"][tag]["best race top1"]["value"] - t["levels"][tag][f"top1 {g}"]["value"]
+                                                   for g in RACES}) for tag in t["levels"]}
+        name = f"{test}-accuracy"
+        plots.bar_chart(top1, decrease, layout.figure(name),
+                        title="Top-1 per group; grey: each race's decrease versus the best race")
+        figs["accuracy by group"] = layout.figure(name).name
+        name = f"{test}-contrasts"
+        plots.contrast_chart(t["contrasts"], layout.figure(name))
+        figs["changes with 95% intervals"] = layout.figure(name).name
+        for tag in ("baseline", "later-slices", "control"):
+            if tag in t["per_class"]:
+                square = np.array([[t["per_class"][tag][g][c] if t["per_class"][tag][g][c] is not None else np.nan
+                                    for c in AGE_CLASSES] for g in GROUPS])
+                name = f"{test}-{tag}-heatmap"
+                plots.heatmap(square[[1, 2, 3, 4, 5, 0]], CONFIG_TITLES[tag], layout.figure(name))
+                figs[f"{CONFIG_TITLES[tag]}: race x age class"] = layout.figure(name).name
+        shares = pd.DataFrame(t["composition"]).T
+        name = f"{test}-composition"
+        plots.composition_chart(shares, layout.figure(name), "race shares of the high- and low-likelihood training faces")
+        figs["slice composition"] = layout.figure(name).name
+        out[test] = figs
+    return out
+
+
+def save_predictions(layout: StudyLayout, data: dict, summaries_dir: Path) -> dict:
+    """Per test kind, the test faces once (CSV) and, per run, a small .npz aligned with them: the
+    ensemble's summed logits (float16), its top-2, and every shard model's top-1."""
+    from .stats import test_faces
+    saved = {}
+    for test, t in data["tests"].items():
+        names = [n for runs in t["runs"].values() for key in ("before", "after") for n in (runs[key] or [])]
+        faces = None
+        for n in names:
+            summary = SummaryLayout(Path(summaries_dir), n)
+            pred = pd.read_csv(summary.predictions)
+            if faces is None:
+                faces = test_faces(pred)
+                write_text(layout.faces_file(test), faces.to_csv(index=False))
+            with np.load(summary.logits) as z:
+                key = pd.MultiIndex.from_arrays([z["fold"], z["filename"].astype(str)])
+                order = key.get_indexer(pd.MultiIndex.from_arrays([faces["fold"], faces["filename"]]))
+                shard_logits = z["shard_logits"][:, order]
+            ens = pred[pred["model"] == "ensemble"].sort_values(["fold", "filename"])
+            shards = [pred[pred["model"] == f"shard-{s}"].sort_values(["fold", "filename"])["pred1"].to_numpy()
+                      for s in range(shard_logits.shape[0])]
+            buf = io.BytesIO()
+            np.savez_compressed(buf, ensemble_logits=shard_logits.sum(0).astype(np.float16),
+                                pred1=ens["pred1"].to_numpy(np.uint8), pred2=ens["pred2"].to_numpy(np.uint8),
+                                shard_pred1=np.stack(shards).astype(np.uint8))
+            write_bytes(layout.predictions_file(n), buf.getvalue())
+            saved[n] = layout.predictions_file(n).relative_to(layout.root).as_posix()
+    return saved

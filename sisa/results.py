@@ -1,0 +1,131 @@
+"""RESULTS.md, made from files the code wrote: committed study reports and benchmark JSONs.
+
+    python3 -m sisa.results --out RESULTS.md          # the committed sets (RESULTS_SOURCES below)
+    python3 -m sisa.results --check                   # does RESULTS.md match them? (the tests run this)
+
+Nothing in RESULTS.md is typed by hand: each section is rendered from its source file, so the
+numbers it quotes are the numbers in reports/<study>/report.json and benchmarks/results/*.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .layout import PROJECT_ROOT, StudyLayout
+from .report import interval, pct, render, secs, table
+
+# The committed sets, in the order RESULTS.md shows them.
+RESULTS_SOURCES = {
+    "reports": ["reports/cpu", "reports/cpu-balanced"],
+    "recipes": "benchmarks/results/recipes-cpu-2026-11-29.json",
+    "gpu_2026_11_27": ["benchmarks/results/h200-2026-11-27/study-baseline-uniform.json",
+                       "benchmarks/results/h200-2026-11-27/study-later-slices.json"],
+}
+
+INTRO = """# Results: does SISA unlearning with likelihood-based placement change fairness?
+
+Made by `python3 -m sisa.results --out RESULTS.md` from the committed study reports (`reports/`) and
+benchmark files (`benchmarks/results/`); a test checks that this file matches them. Every study below
+is one command (`study.py`, shown with each); its report folder also holds the per-face predictions
+of every run, so any other contrast can be computed without retraining.
+"""
+
+
+def recipes_section(path: Path) -> str:
+    """The recipe benchmark: accuracy per compute of recipe x model x image size (1x1 baseline, k-fold)."""
+    d = json.loads(path.read_text())
+    p = d["protocol"]
+    rows = []
+    for q in d["points"]:
+        s = q[f"tta_{q['tta_default']}"]
+        lo, hi = s["top1_ci"]["random"]
+        rows.append([q["recipe"], q["model"], f"{q['image_size']} px", f"{pct(s['top1']['random'])} {interval(lo, hi)}",
+                     *(pct(s["top1"][r]) for r in ("white", "black", "asian", "indian", "other")),
+                     pct(s["worst_race"]), q["tta_default"], f"{q['training_seconds'] / q['folds_trained']:.0f} s",
+                     f"{q['images_per_s']:,.0f}"])
+    return "\n".join([
+        "## Recipes: accuracy per CPU-second", "",
+        f"`python3 benchmarks/recipes.py --ablations` on {d['device']} ({d['date']}): the 1x1 baseline of the study on "
+        f"all faces, {p['folds']}-fold test (every face tested once), {p['epochs']} epochs, batch {p['batch_size']}, "
+        f"random initial weights, seed {p['seed']}; top-1 = {p['metric']}. 95% bootstrap interval for the random group "
+        f"({p['n_boot']} resamples). Seconds are training time per fold on that machine (other work ran beside some "
+        f"points: compare them roughly). Source: `{path.relative_to(PROJECT_ROOT).as_posix()}`.", "",
+        table(["recipe", "model", "size", "random", "white", "black", "asian", "indian", "other", "worst race",
+               "test-time aug.", "s per fold", "img/s"], rows), ""])
+
+
+def old_gpu_section(paths: list[Path]) -> str:
+    """The partial GPU set of 2026-11-27 (old code, original recipe), from its study JSONs: accuracy
+    and gap levels only; its runs kept no per-face predictions, so no contrast can be computed."""
+    configs = [c for p in paths for c in json.loads(p.read_text())["configs"]]
+    d0 = json.loads(paths[0].read_text())
+    rows = []
+    for g in ("white", "black", "asian", "indian", "other"):
+        rows.append([g, *(f"{pct(c['fairness'][f'top1 {g}'])} {interval(*c['fairness_ci'][f'top1 {g}'])}" for c in configs)])
+    for stat in ("gap (best - worst)", "worst race top1"):
+        rows.append([stat, *(pct(c["fairness"][stat]) for c in configs)])
+    rows.append(["training", *(f"{secs(c['seconds_training'])}, {c['training_images_per_s']:,.0f} img/s" for c in configs)])
+    s = d0["settings"]
+    return "\n".join([
+        "## Earlier GPU set (2026-11-27, before this round's recipe and statistics)", "",
+        f"{d0['device']}, the original recipe, ResNet-18 from random weights, {s['image_size']} px, {s['epochs']} epochs per "
+        f"stage, {s['folds']} fold, the balanced test set of 378 faces (63 per race). Made by the previous "
+        "`benchmarks/study.py`; its runs kept no per-face predictions, so the placement-versus-uniform contrasts and "
+        "the seed-aware intervals of this round cannot be computed for it, and it had no positive control. Its "
+        "intervals resample test faces only (the models held fixed); the gap and worst-race levels are shown without "
+        "their percentile intervals, which are biased for order statistics. With 63 faces per race one face moves a "
+        "race by 1.6 points: read it as accuracy levels, not as an answer. Sources: "
+        + ", ".join(f"`{p.relative_to(PROJECT_ROOT).as_posix()}`" for p in paths) + ".", "",
+        table(["group", *(c["tag"] for c in configs)], rows), ""])
+
+
+def study_section(report_dir: Path) -> str:
+    data = json.loads(StudyLayout(report_dir).report_json.read_text())
+    s = data["settings"]
+    command = ["python3 study.py", f"--preset {s['preset']}", f"--name {s['name']}"]
+    if s["seeds"] > 1:
+        command.append(f"--seeds {s['seeds']}")
+    if list(s["tests"]) != ["kfold"]:
+        command.append(f"--test {'both' if len(s['tests']) > 1 else s['tests'][0]}")
+    body = render(data, figure_prefix=f"{report_dir.relative_to(PROJECT_ROOT).as_posix()}/", heading=2)
+    md = StudyLayout(report_dir).report_md.relative_to(PROJECT_ROOT).as_posix()
+    return body.replace("\n", f"\n\n`{' '.join(command)}` (report: `{md}`)\n", 1)
+
+
+def build(root: Path = PROJECT_ROOT, sources: dict = RESULTS_SOURCES) -> str:
+    parts = [INTRO]
+    for d in sources["reports"]:
+        if StudyLayout(root / d).report_json.exists():
+            parts.append(study_section(root / d))
+    if (root / sources["recipes"]).exists():
+        parts.append(recipes_section(root / sources["recipes"]))
+    parts.append(old_gpu_section([root / p for p in sources["gpu_2026_11_27"]]))
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=None, help="write here (default: print)")
+    p.add_argument("--check", action="store_true", help="exit 1 unless RESULTS.md is what its sources make")
+    a = p.parse_args(argv)
+    text = build()
+    if a.check:
+        current = (PROJECT_ROOT / "RESULTS.md").read_text()
+        if current != text:
+            print("RESULTS.md differs from what its sources make: run python3 -m sisa.results --out RESULTS.md",
+                  file=sys.stderr)
+            return 1
+        print("RESULTS.md matches its sources")
+        return 0
+    if a.out:
+        a.out.write_text(text)
+        print(f"wrote {a.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

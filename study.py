@@ -1,0 +1,92 @@
+"""The whole study in one command, on the machine at hand: train, evaluate, unlearn, cost and report.
+
+    python3 study.py                                   # --preset auto: cpu without CUDA, gpu/poster with it
+    python3 study.py --preset cpu --seeds 3 --test both   # the CPU set of RESULTS.md
+    python3 study.py --preset poster                   # the original's settings (a GPU job)
+
+It trains the poster's four configurations (baseline 1x1, uniform, few shards, later slices) and a
+positive control, evaluates them, serves --sample unlearning requests per fold (verified), evaluates
+again, compares placements with uniform SISA and everything with the baseline, and writes
+reports/<study>/report.md and report.json. Rerunning the same command continues where it stopped.
+"""
+from pathlib import Path
+
+from sisa.cli import Parser, count, positive_float, positive_int, run_main
+from sisa.config import MODELS, RECIPE_NAMES, SLICE_EPOCHS
+from sisa.layout import DEFAULT_CACHE, DEFAULT_CHECKPOINTS, DEFAULT_DATA, DEFAULT_REPORTS, DEFAULT_SUMMARIES
+
+
+def get_args_parser() -> Parser:
+    from sisa.study import CONFIGS, PRESET_NAMES, PRESETS
+    p = Parser(description=__doc__.split("\n")[0], epilog="See README.md, 'The study'.")
+    p.add_argument("--preset", choices=PRESET_NAMES, default="auto",
+                   help="auto: poster on CUDA with the ImageNet weights at hand, gpu on CUDA without them, cpu otherwise; "
+                        + "; ".join(f"{k}: {v['image_size']} px {v['model']}, {v['recipe']} recipe, {v['epochs']} epochs, "
+                                    f"{v['folds']} folds, {'/'.join(v['tests'])} test" for k, v in PRESETS.items())
+                        + " (default auto)")
+    p.add_argument("--name", default=None, help="study name: reports/<name>/ and run names <name>-... (default: the preset)")
+    g = p.add_argument_group("override the preset (any of them)")
+    g.add_argument("--image_size", type=positive_int, help="side of the faces in px")
+    g.add_argument("--model", choices=MODELS, help="the shard models' architecture")
+    g.add_argument("--weights", help="auto, imagenet, none or a PATH (as train.py)")
+    g.add_argument("--recipe", choices=RECIPE_NAMES, help="training recipe (as train.py)")
+    g.add_argument("--epochs", type=positive_int, help="epochs per slice stage")
+    g.add_argument("--slice_epochs", choices=SLICE_EPOCHS, help="full or sisa (as train.py)")
+    g.add_argument("--folds", type=positive_int, help="folds (k of the k-fold test)")
+    g.add_argument("--test", dest="tests", choices=("balanced", "kfold", "both"), help="test set(s)")
+    g.add_argument("--test_per_cell", type=count, help="balanced test: faces per race x age class")
+    g.add_argument("--test_random", type=count, help="balanced test: extra random faces")
+    g.add_argument("--batch_size", type=positive_int, help="batch per shard model")
+    g.add_argument("--lr", type=positive_float, help="peak learning rate (default: the recipe's)")
+    g.add_argument("--seeds", type=positive_int, help="training seeds per configuration (same partitions and test faces)")
+    g.add_argument("--sample", type=count, help="unlearning requests served per fold and SISA run (0: none)")
+    g.add_argument("--control", dest="control", action="store_true", default=None, help="include the positive control")
+    g.add_argument("--no_control", dest="control", action="store_false", help="leave the positive control out")
+    g.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None,
+                   help="configurations (default: baseline uniform few-shards later-slices)")
+    g.add_argument("--num_shards", type=positive_int, help="shards of the SISA configurations (default 5)")
+    g.add_argument("--num_slices", type=positive_int, help="slices of the SISA configurations (default 3)")
+    g.add_argument("--segregate", choices=("white", "black", "asian", "indian", "other"),
+                   help="the control's race (default black)")
+    g.add_argument("--seed", type=count, help="the study's seed (default 0)")
+    g.add_argument("--limit", type=positive_int, help="a stratified subsample of N faces (default: all)")
+    g.add_argument("--n_boot", type=positive_int, help="bootstrap resamples (default 1000)")
+    w = p.add_argument_group("where and how")
+    w.add_argument("--data_dir", type=Path, default=DEFAULT_DATA, help=f"UTKFace images (default {DEFAULT_DATA})")
+    w.add_argument("--cache_dir", type=Path, default=DEFAULT_CACHE, help=f"decoded-image cache (default {DEFAULT_CACHE})")
+    w.add_argument("--checkpoints_dir", type=Path, default=DEFAULT_CHECKPOINTS, help=f"run folders (default {DEFAULT_CHECKPOINTS})")
+    w.add_argument("--summaries_dir", type=Path, default=DEFAULT_SUMMARIES, help=f"summaries (default {DEFAULT_SUMMARIES})")
+    w.add_argument("--reports_dir", type=Path, default=DEFAULT_REPORTS, help=f"study folders (default {DEFAULT_REPORTS})")
+    w.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available (default auto)")
+    w.add_argument("--engine", choices=("eager", "graphs"), default="eager",
+                   help="training steps: eager, or graphs (CUDA graphs; falls back to eager on a CPU) (default eager)")
+    w.add_argument("--overwrite", action="store_true",
+                   help="replace a study folder (and its runs) made with other settings instead of stopping")
+    w.add_argument("--no_progress", action="store_true", help="no progress bar (one line per finished phase remains)")
+    return p
+
+
+OVERRIDES = ("image_size", "model", "weights", "recipe", "epochs", "slice_epochs", "folds", "tests", "test_per_cell",
+             "test_random", "batch_size", "lr", "seeds", "sample", "control", "configs", "num_shards", "num_slices",
+             "segregate", "seed", "limit", "n_boot")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    from sisa.device import resolve_device
+    from sisa.experiment import Options
+    from sisa.study import Study, choose_preset, resolve_settings
+
+    resolve_device(args.device)                   # --device cuda without a GPU: one line, before anything runs
+    preset, why = choose_preset(args.preset, args.device)
+    settings = resolve_settings(preset, {k: getattr(args, k) for k in OVERRIDES}, args.name)
+    print(f"study {settings.name}: preset {preset} ({why})")
+    opts = Options(data_dir=args.data_dir, cache_dir=args.cache_dir, checkpoints_dir=args.checkpoints_dir,
+                   progress=not args.no_progress, device=args.device, engine=args.engine)
+    report = Study(settings, opts, args.summaries_dir, args.reports_dir, args.overwrite).run()
+    print(f"report: {report} (and report.json, figures and per-face predictions beside it)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main, "study.py")

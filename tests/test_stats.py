@@ -1,0 +1,124 @@
+"""The study's statistics on hand-worked toy predictions: contrasts, verdicts, seeds, multiplicity."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from sisa import stats
+
+
+def toy_faces(n_white=4, n_black=4, folds=1) -> pd.DataFrame:
+    """k-fold-style test faces: every face in group 'random', all of age class 3 (21-27)."""
+    rows = []
+    for fold in range(folds):
+        rows += [(fold, f"w{fold}-{i}", 0, 3, "random") for i in range(n_white)]
+        rows += [(fold, f"b{fold}-{i}", 1, 3, "random") for i in range(n_black)]
+    return pd.DataFrame(rows, columns=["fold", "filename", "race", "age_class", "group"]).sort_values(
+        ["fold", "filename"]).reset_index(drop=True)
+
+
+def hits_for(faces, white, black):
+    """Hit vector in the faces' order from per-race lists (in file-name order)."""
+    out = np.zeros(len(faces), bool)
+    out[faces.index[faces["race"] == 0]] = white
+    out[faces.index[faces["race"] == 1]] = black
+    return out
+
+
+def test_a_placement_versus_uniform_contrast_by_hand():
+    faces = toy_faces()
+    reps = stats.Replicates(faces, "kfold", n_boot=200)
+    uniform = reps.group_acc(hits_for(faces, [1, 1, 1, 0], [1, 1, 0, 0]))      # white .75, black .50
+    placed = reps.group_acc(hits_for(faces, [1, 1, 1, 1], [1, 0, 0, 0]))       # white 1.0, black .25
+    assert uniform[0, :3].tolist() == [0.625, 0.75, 0.5] and placed[0, :3].tolist() == [0.625, 1.0, 0.25]
+    best, worst = stats.reference_identities(uniform)
+    assert (best, worst) == ("white", "black")
+    cs = {c.statistic: c for c in stats.contrasts("placed", "uniform", stats.contrast_stats(placed, best, worst),
+                                                  stats.contrast_stats(uniform, best, worst), "test")}
+    assert cs["top1 white"].change == pytest.approx(0.25) and cs["top1 black"].change == pytest.approx(-0.25)
+    assert cs["worst race (black) top1"].change == pytest.approx(-0.25)
+    assert cs["gap (white - black)"].change == pytest.approx(0.5)            # (1 - .25) - (.75 - .5)
+    assert cs["top1 random"].change == 0 and cs["top1 random"].p == 1.0      # 5 of 8 both times, on every resample
+    c = cs["gap (white - black)"]
+    assert c.ci_low <= c.change <= c.ci_high and c.se > 0
+
+
+def test_identical_runs_change_by_exactly_nothing_on_every_resample():
+    faces = toy_faces(30, 30, folds=2)
+    reps = stats.Replicates(faces, "kfold", n_boot=300)
+    h = np.random.default_rng(0).random(len(faces)) < 0.6
+    a = stats.contrast_stats(reps.group_acc(h), "white", "black")
+    (gap,) = [c for c in stats.contrasts("a", "b", a, a, "f") if c.statistic.startswith("gap")]
+    assert gap.change == 0 and gap.ci_low == gap.ci_high == 0 and gap.se == 0 and gap.p == 1.0
+    stats.decide([gap])
+    assert gap.verdict == "inconclusive (detectable ±0.0)"
+
+
+def test_holm_and_the_detectable_change_by_hand():
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.detectable(0.01, 1) == pytest.approx((1.959964 + 0.841621) * 0.01, rel=1e-5)
+    assert stats.detectable(0.01, 4) > stats.detectable(0.01, 1)           # a stricter level needs more
+    assert stats.verdict(0.05, 0.01, 0.03, gap=True) == "widened"
+    assert stats.verdict(-0.05, 0.01, 0.03, gap=True) == "narrowed"
+    assert stats.verdict(-0.05, 0.01, 0.03, gap=False) == "lower"
+    assert stats.verdict(0.01, 0.40, 0.028, gap=True) == "inconclusive (detectable ±2.8)"
+
+
+def test_a_clear_change_and_an_inconclusive_one_in_one_family():
+    faces = toy_faces(400, 400)
+    reps = stats.Replicates(faces, "kfold", n_boot=500)
+    g = np.random.default_rng(1)
+    base = reps.group_acc(hits_for(faces, g.random(400) < 0.7, g.random(400) < 0.6))
+    big = reps.group_acc(hits_for(faces, g.random(400) < 0.9, g.random(400) < 0.3))    # gap 0.1 -> about 0.6
+    small = reps.group_acc(hits_for(faces, g.random(400) < 0.7, g.random(400) < 0.6))  # the same skill, new draws
+    fam = []
+    for name, acc in (("big", big), ("small", small)):
+        fam += [c for c in stats.contrasts(name, "base", stats.contrast_stats(acc, "white", "black"),
+                                           stats.contrast_stats(base, "white", "black"), "primary")
+                if c.statistic.startswith("gap")]
+    big_c, small_c = stats.decide(fam)
+    assert big_c.verdict == "widened" and big_c.p_adjusted < 0.05
+    assert small_c.verdict.startswith("inconclusive (detectable ±") and small_c.p_adjusted >= 0.05
+    # the detectable change is the one a test of this family would find with 80% power
+    assert small_c.detectable == pytest.approx(stats.detectable(small_c.se, 2))
+    assert 0.03 < small_c.detectable < 0.2
+
+
+def test_intervals_include_the_spread_between_training_seeds():
+    """Two seeds that disagree completely: one right on every face, one wrong on every face. Resampling
+    faces alone cannot see it; resampling seeds gives replicates of 0, 1/2 and 1."""
+    faces = toy_faces(10, 10)
+    reps = stats.Replicates(faces, "kfold", n_boot=400)
+    right, wrong = reps.group_acc(np.ones(len(faces), bool)), reps.group_acc(np.zeros(len(faces), bool))
+    draws = stats.seed_draws(2, 400, "toy")
+    combined = stats.combine_seeds([right, wrong], draws)
+    assert combined[0, 0] == 0.5                                          # the estimate: the mean of the seeds
+    assert set(np.unique(combined[1:, 0])) == {0.0, 0.5, 1.0}
+    table = stats.level_table(stats.level_stats(combined),
+                              stats.level_stats(np.stack([right[0], wrong[0]])))
+    assert table.loc["top1 random", "ci_low"] == 0 and table.loc["top1 random", "ci_high"] == 1
+    assert table.loc["top1 random", "seed_sd"] == pytest.approx(np.sqrt(0.5))
+    one = stats.level_table(stats.level_stats(right))                    # one seed: faces only, no spread
+    assert one.loc["top1 random", "ci_low"] == one.loc["top1 random", "ci_high"] == 1
+    assert np.isnan(one.loc["top1 random", "seed_sd"])
+    # the same draws for a run after unlearning keep before/after paired
+    assert (stats.seed_draws(2, 400, "toy") == draws).all() and not (stats.seed_draws(2, 400, "other") == draws).all()
+
+
+def test_the_gap_level_uses_a_basic_interval():
+    faces = toy_faces(50, 50)
+    reps = stats.Replicates(faces, "kfold", n_boot=400)
+    acc = reps.group_acc(hits_for(faces, np.arange(50) < 35, np.arange(50) < 30))
+    table = stats.level_table(stats.level_stats(acc))
+    lev = stats.level_stats(acc)["gap (best - worst)"]
+    lo, hi = lev[1:].quantile(0.025), lev[1:].quantile(0.975)
+    assert table.loc["gap (best - worst)", "interval"] == "basic" and table.loc["top1 white", "interval"] == "percentile"
+    assert table.loc["gap (best - worst)", "ci_high"] == pytest.approx(2 * lev[0] - lo)
+    assert table.loc["gap (best - worst)", "ci_low"] == pytest.approx(max(0, 2 * lev[0] - hi))
+
+
+def test_runs_must_share_their_test_faces():
+    faces = toy_faces()
+    pred = faces.assign(model="ensemble", pred1=3, pred2=0)
+    assert stats.hits(pred, faces).all()
+    with pytest.raises(ValueError, match="share their test faces"):
+        stats.hits(pred.iloc[1:], faces)

@@ -1,0 +1,154 @@
+"""study.py on a tiny real study: every phase end to end, resume after a kill, its folder's identity,
+a report whose markdown shows only what its JSON holds, bad input, and RESULTS.md made from reports."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from helpers import call_script, error_line, run_script
+from sisa.layout import PROJECT_ROOT
+from sisa.report import render
+from sisa.study import Settings, resolve_settings
+
+TINY = ["--preset", "cpu", "--configs", "baseline", "uniform", "later-slices", "--epochs", 1, "--image_size", 24,
+        "--folds", 2, "--num_shards", 2, "--num_slices", 2, "--sample", 1, "--n_boot", 50]
+
+
+def where(faces_dir, cache_dir, tmp_path):
+    return ["--data_dir", faces_dir, "--cache_dir", cache_dir, "--checkpoints_dir", tmp_path / "ck",
+            "--summaries_dir", tmp_path / "sum", "--reports_dir", tmp_path / "rep"]
+
+
+@pytest.fixture(scope="module")
+def tiny_study(faces_dir, cache_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    out = run_script("study.py", *TINY, "--name", "tiny", *where(faces_dir, cache_dir, tmp)).stdout
+    return tmp, out
+
+
+@pytest.mark.slow
+def test_the_study_runs_every_phase_and_writes_its_report(tiny_study):
+    tmp, out = tiny_study
+    assert "study tiny: preset cpu (asked for)" in out and "report: " in out
+    rep = tmp / "rep" / "tiny"
+    data = json.loads((rep / "report.json").read_text())
+    t = data["tests"]["kfold"]
+    assert set(t["levels"]) == {"baseline", "uniform", "later-slices", "control"}       # the control is on by default
+    assert {"placement vs uniform", "control vs uniform", "vs baseline", "after vs before unlearning"} <= set(t["contrasts"])
+    gap = [c for c in t["contrasts"]["placement vs uniform"] if c["statistic"].startswith("gap")][0]
+    assert gap["ci_low"] <= gap["change"] <= gap["ci_high"] and gap["verdict"]
+    assert set(t["unlearning"]) == {"uniform", "later-slices", "control"}
+    u = t["unlearning"]["later-slices"]
+    assert u["served"]["requests"] == 2 and u["served"]["verified"]                      # 1 per fold, 2 folds
+    assert set(u["expected"]) == {"shared", "independent"}
+    assert {"sum_logits", "vote", "mean_softmax", "shard mean", "shard min", "shard max"} == set(t["aggregations"]["uniform"])
+    for name, path in data["predictions"].items():                                      # per-face predictions of every run
+        with np.load(rep / path) as z:
+            assert z["ensemble_logits"].shape == (t["faces"]["tested"], 7) and z["pred1"].shape == (t["faces"]["tested"],)
+    assert len(data["predictions"]) == 4 + 3                                           # 4 runs before, 3 after unlearning
+    for fig in data["figures"]["kfold"].values():
+        assert (rep / fig).stat().st_size > 0
+    # one line per finished phase
+    assert "trained tiny-kfold-uniform" in out and "served and verified 1 request(s) per fold" in out
+
+
+@pytest.mark.slow
+def test_the_markdown_is_rendered_from_the_json_alone(tiny_study):
+    tmp, _ = tiny_study
+    rep = tmp / "rep" / "tiny"
+    data = json.loads((rep / "report.json").read_text())
+    assert (rep / "report.md").read_text() == render(data)               # every number shown is in the JSON
+    # and the numbers it shows are those of the JSON: spot-check the headline cell
+    gap = [c for c in data["tests"]["kfold"]["contrasts"]["placement vs uniform"] if c["statistic"].startswith("gap")][0]
+    assert f"{100 * gap['change']:+.1f} [{100 * gap['ci_low']:+.1f}, {100 * gap['ci_high']:+.1f}]" in (rep / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_without_retraining_finished_stages(faces_dir, cache_dir, tmp_path):
+    args = [*map(str, TINY), "--name", "resume", "--no_control", *map(str, where(faces_dir, cache_dir, tmp_path)),
+            "--no_progress"]
+    proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "study.py"), *args], cwd=PROJECT_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uniform = tmp_path / "ck" / "resume-kfold-uniform"
+    first = uniform / "fold-0" / "shard-0" / "slice-0.json"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "study.py ended before the kill"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    progress = json.loads((tmp_path / "rep" / "resume" / "progress.json").read_text())
+    assert "train" in progress["resume-kfold-baseline"] and "resume-kfold-uniform" not in progress
+    done = {p: (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in [*(tmp_path / "ck" / "resume-kfold-baseline").glob("fold-*/shard-*/slice-*.pt"),
+                      *uniform.glob("fold-*/shard-*/slice-*.pt")] if p.with_suffix(".json").exists()}
+    assert len(done) >= 3                                 # the baseline's 2 folds and uniform's first stage
+    out = run_script("study.py", *args[:-1]).stdout
+    assert "resuming: " in out and "report: " in out
+    for p, stamp in done.items():                         # finished stages were not trained again
+        assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp, p
+    assert json.loads((tmp_path / "rep" / "resume" / "report.json").read_text())["tests"]["kfold"]["levels"]["uniform"]
+
+
+@pytest.mark.slow
+def test_a_study_folder_of_other_settings_is_refused_unless_overwrite(tiny_study, faces_dir, cache_dir):
+    tmp, _ = tiny_study
+    before = (tmp / "rep" / "tiny" / "report.json").read_bytes()
+    line = error_line(call_script("study.py", *TINY, "--name", "tiny", "--epochs", 2, *where(faces_dir, cache_dir, tmp)))
+    assert "holds another study" in line and "epochs: 1 -> 2" in line and "--overwrite" in line
+    assert (tmp / "rep" / "tiny" / "report.json").read_bytes() == before          # nothing lost
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--preset", "tpu"], "invalid choice: 'tpu'"),
+    (["--configs", "uniform", "later-slices"], "--configs must include baseline"),
+    (["--configs", "baseline", "later-slices"], "--configs must include uniform"),
+    (["--seeds", "0"], "'0' must be >= 1"),
+    (["--device", "cuda"], "no CUDA GPU"),
+    (["--data_dir", "/no/such/faces"], "data folder /no/such/faces does not exist"),
+    (["--model", "cnn", "--weights", "imagenet"], "no pretrained weights for the cnn model"),
+])
+def test_bad_study_input_is_one_clear_line(tmp_path, args, message):
+    import torch
+    if "--device" in args and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is here")
+    proc = call_script("study.py", "--preset", "cpu", *args, "--checkpoints_dir", tmp_path / "ck",
+                       "--reports_dir", tmp_path / "rep", "--summaries_dir", tmp_path / "sum")
+    assert message in error_line(proc)
+    assert not list((tmp_path / "ck").glob("*/fold-*/shard-*"))
+
+
+def test_presets_and_overrides_resolve_to_complete_settings():
+    s = resolve_settings("cpu", {"seeds": 3, "tests": "both", "epochs": None}, None)
+    assert s.name == "cpu" and s.seeds == 3 and s.tests == ("balanced", "kfold") and s.epochs == 4
+    assert s.all_configs == ("baseline", "uniform", "few-shards", "later-slices", "control")
+    assert Settings.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    cfg = s.run_config("kfold", "later-slices", 2)
+    assert cfg.name == "cpu-kfold-later-slices-seed2" and cfg.training_seed == 2 and cfg.strategy == "sorted-kfold"
+    assert s.run_config("kfold", "baseline", 0).num_shards == 1 and s.run_config("kfold", "baseline", 0).training_seed is None
+    control = s.run_config("balanced", "control", 0)
+    assert control.strategy == "segregated-balanced" and control.put_in == "shard" and control.segregate == "black"
+    poster = resolve_settings("poster", {}, None)
+    assert (poster.image_size, poster.model, poster.recipe, poster.folds, poster.tests) == (200, "resnet18", "original", 5,
+                                                                                            ("balanced",))
+
+
+def test_results_md_is_made_from_the_committed_reports():
+    """Every number in RESULTS.md is rendered from a committed report or benchmark JSON."""
+    proc = subprocess.run([sys.executable, "-m", "sisa.results", "--check"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_readme_quotes_real_reports_verbatim():
+    """The README's excerpts are cut from files the code wrote, not typed."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    for marker, source in (("report-excerpt", PROJECT_ROOT / "reports" / "cpu" / "report.md"),
+                           ("recipes-excerpt", PROJECT_ROOT / "RESULTS.md")):
+        excerpt = readme.split(f"<!-- {marker}: start -->\n", 1)[1].split(f"<!-- {marker}: end -->", 1)[0].strip()
+        assert excerpt.count("\n") >= 3 and excerpt in source.read_text(), marker
