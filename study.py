@@ -43,11 +43,11 @@ def get_args_parser() -> Parser:
     g.add_argument("--control", dest="control", action="store_true", default=None, help="include the positive control")
     g.add_argument("--no_control", dest="control", action="store_false", help="leave the positive control out")
     g.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None,
-                   help="configurations (default: baseline uniform few-shards later-slices)")
+                   help="configurations (default: baseline uniform few-shards later-slices; segregated is optional)")
     g.add_argument("--num_shards", type=positive_int, help="shards of the SISA configurations (default 5)")
     g.add_argument("--num_slices", type=positive_int, help="slices of the SISA configurations (default 3)")
-    g.add_argument("--segregate", choices=("white", "black", "asian", "indian", "other"),
-                   help="the control's race (default black)")
+    g.add_argument("--control_race", choices=("white", "black", "asian", "indian", "other"),
+                   help="the race of the positive control (label noise) and of the segregated placement (default black)")
     g.add_argument("--seed", type=count, help="the study's seed (default 0)")
     g.add_argument("--limit", type=positive_int, help="a stratified subsample of N faces (default: all)")
     g.add_argument("--n_boot", type=positive_int, help="bootstrap resamples (default 1000)")
@@ -68,7 +68,7 @@ def get_args_parser() -> Parser:
 
 OVERRIDES = ("image_size", "model", "weights", "recipe", "epochs", "slice_epochs", "folds", "tests", "test_per_cell",
              "test_random", "batch_size", "lr", "seeds", "sample", "control", "configs", "num_shards", "num_slices",
-             "segregate", "seed", "limit", "n_boot")
+             "control_race", "seed", "limit", "n_boot")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ def get_args_parser() -> Parser:
     p.add_argument("--out", default="unlearning-report", help="--report: file stem in --summaries_dir (default unlearning-report)")
     p.add_argument("--overwrite", action="store_true", help="--report: replace an existing report")
     add_summaries_arg(p)
-    add_option_args(p, new_run=False)
+    add_option_args(p, new_run=False, engine=True)
     return p
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sisa import fairness  # noqa: E402
+from sisa import stats  # noqa: E402
 from sisa.config import RunConfig  # noqa: E402
-from sisa.data import AGE_CLASSES, RACES, load_faces  # noqa: E402
+from sisa.data import AGE_CLASSES, load_faces  # noqa: E402
 from sisa.device import device_name, resolve_device  # noqa: E402
 from sisa.engine import StagePlan, train_stage  # noqa: E402
 from sisa.experiment import versions  # noqa: E402
@@ -40,7 +39,7 @@ from sisa.inputs import mirror, to_input  # noqa: E402
 from sisa.layout import DEFAULT_CACHE, DEFAULT_DATA, PROJECT_ROOT  # noqa: E402
 from sisa.likelihood import draw_likelihood, parse_factors  # noqa: E402
 from sisa.model import build_model  # noqa: E402
-from sisa.partition import build_partition, eval_groups  # noqa: E402
+from sisa.partition import build_partition  # noqa: E402
 from sisa.recipe import RECIPES, get_recipe, make_optimizer  # noqa: E402
 from sisa.seeding import rng, torch_seed  # noqa: E402
 from sisa.store import write_json  # noqa: E402
@@ -79,37 +78,18 @@ def predictions(part: pd.DataFrame, test: np.ndarray, logits: np.ndarray, fold: 
 
 
 def summarise(pred: pd.DataFrame, n_boot: int) -> dict:
-    fair = fairness.fairness_table(pred, "kfold", n_boot)
-    tidy = fairness.tidy_metrics(pred)
-    top1 = tidy[(tidy["age_class"] == "all") & (tidy["metric"] == "top1")].groupby("group")["value"].mean()
-    rand = random_group_interval(pred, n_boot)
-    cells = tidy[(tidy["group"] == "random") & (tidy["metric"] == "top1") & (tidy["age_class"] != "all")]
-    per_class = cells.groupby("age_class")["value"].mean().reindex(list(AGE_CLASSES))
-    return {"top1": {g: float(top1[g]) for g in top1.index},
-            "top1_ci": {"random": rand, **{r: [float(fair.loc[f"top1 {r}", "ci_low"]), float(fair.loc[f"top1 {r}", "ci_high"])]
-                                            for r in RACES}},
-            "worst_race": float(fair.loc["worst race top1", "value"]),
-            "gap": float(fair.loc["gap (best - worst)", "value"]),
-            "per_class_random": {k: float(v) for k, v in per_class.items()}}
-
-
-def random_group_interval(pred: pd.DataFrame, n_boot: int) -> list[float]:
-    """95% bootstrap interval of the random group's top-1 (faces resampled within race x age cells)."""
-    per_fold = []
-    for fold, f in pred.sort_values(["fold", "filename"]).groupby("fold", sort=True):
-        y, hit = f["age_class"].to_numpy(), (f["pred1"].to_numpy() == f["age_class"].to_numpy())
-        strata = (f["race"].astype(str) + "/" + f["age_class"].astype(str)).to_numpy()
-        gen = rng(0, "bootstrap", int(fold), len(f))
-        w = np.ones((n_boot + 1, len(f)))
-        for s in np.unique(strata):
-            idx = np.flatnonzero(strata == s)
-            w[1:, idx] = gen.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=n_boot)
-        cells = np.stack([y == c for c in range(len(AGE_CLASSES))]).astype(float)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            acc = (w @ (cells * hit).T) / (w @ cells.T)
-        per_fold.append(np.nanmean(acc, axis=1))
-    reps = np.mean(np.stack(per_fold), axis=0)[1:]
-    return [float(np.quantile(reps, 0.025)), float(np.quantile(reps, 0.975))]
+    """Top-1 of the random group and every race with 95% intervals, worst race, gap, per-class top-1."""
+    faces = stats.test_faces(pred)
+    reps = stats.Replicates(faces, "kfold", n_boot)
+    hit = stats.hits(pred, faces)
+    table = stats.level_table(stats.level_stats(reps.group_acc(hit)))
+    per_class = reps.class_acc(hit)[0]                                  # the random group: every test face
+    return {"top1": {g: float(table.loc[f"top1 {g}", "value"]) for g in stats.GROUPS},
+            "top1_ci": {g: [float(table.loc[f"top1 {g}", "ci_low"]), float(table.loc[f"top1 {g}", "ci_high"])]
+                        for g in stats.GROUPS},
+            "worst_race": float(table.loc["worst race top1", "value"]),
+            "gap": float(table.loc["gap (best - worst)", "value"]),
+            "per_class_random": {c: float(v) for c, v in zip(AGE_CLASSES, per_class)}}
 
 
 def run_point(recipe_name: str, model_name: str, size: int, a: argparse.Namespace, dev: torch.device) -> dict:

@@ -74,11 +74,11 @@ def analyse(settings, checkpoints_dir: Path, summaries_dir: Path, progress: dict
     for test in settings.tests:
         sets = {tag: RunSet(tag, [settings.run_name(test, tag, k) for k in range(settings.seeds)], checkpoints_dir,
                             summaries_dir, progress) for tag in settings.all_configs}
-        out["tests"][test] = analyse_test(test, sets, settings.n_boot)
+        out["tests"][test] = analyse_test(test, sets, settings.n_boot, settings.control_race)
     return out
 
 
-def analyse_test(test: str, sets: dict[str, RunSet], n_boot: int) -> dict:
+def analyse_test(test: str, sets: dict[str, RunSet], n_boot: int, control_race: str) -> dict:
     faces = stats.test_faces(sets["baseline"].before[0])
     reps = stats.Replicates(faces, test, n_boot)
     acc, acc_after, seeds_level = {}, {}, {}
@@ -93,7 +93,7 @@ def analyse_test(test: str, sets: dict[str, RunSet], n_boot: int) -> dict:
                         "folds": int(faces["fold"].nunique())},
               "levels": {tag: _records(stats.level_table(stats.level_stats(a), seeds_level[tag])) for tag, a in acc.items()},
               "per_class": {tag: per_class(reps, sets[tag], faces) for tag in sets},
-              "contrasts": contrast_families(acc, acc_after),
+              "contrasts": contrast_families(acc, acc_after, control_race),
               "aggregations": {tag: aggregations(rs, rs.summaries_dir) for tag, rs in sets.items() if rs.sisa},
               "unlearning": {tag: unlearning(rs) for tag, rs in sets.items() if rs.sisa},
               "composition": _records(composition_shares(sets.get("later-slices", sets["baseline"]).exps[0].partitions)),
@@ -106,8 +106,9 @@ def analyse_test(test: str, sets: dict[str, RunSet], n_boot: int) -> dict:
     return result
 
 
-def contrast_families(acc: dict, acc_after: dict) -> dict:
-    """Every comparison, each in its family with Holm-adjusted verdicts (see stats)."""
+def contrast_families(acc: dict, acc_after: dict, control_race: str) -> dict:
+    """Every comparison, each in its family with Holm-adjusted verdicts (see stats). The diagnostics
+    (control, segregated) are built against one race, so their worst race is that one, fixed in advance."""
     def block(run, ref, best, worst, family):
         return stats.contrasts(run, ref, stats.contrast_stats(acc_of[run], best, worst),
                                stats.contrast_stats(acc_of[ref], best, worst), family)
@@ -119,26 +120,27 @@ def contrast_families(acc: dict, acc_after: dict) -> dict:
         primary, groups = [], []
         for t in placed:
             cs = block(t, "uniform", best, worst, "placement vs uniform")
-            primary += [c for c in cs if not c.statistic.startswith("top1")]
-            groups += [c for c in cs if c.statistic.startswith("top1")]
+            primary += [c for c in cs if stats.is_primary(c.statistic)]
+            groups += [c for c in cs if not stats.is_primary(c.statistic)]
         families["placement vs uniform"] = stats.decide(primary)
         families["placement vs uniform, by group"] = stats.decide(groups)
-        if "control" in acc:
-            cs = block("control", "uniform", best, worst, "control vs uniform")
-            families["control vs uniform"] = stats.decide([c for c in cs if not c.statistic.startswith("top1")])
-            families["control vs uniform, by group"] = stats.decide([c for c in cs if c.statistic.startswith("top1")])
+        for diag in ("control", "segregated"):        # diagnostics: each its own family
+            if diag in acc:
+                cs = block(diag, "uniform", best if best != control_race else worst, control_race, f"{diag} vs uniform")
+                families[f"{diag} vs uniform"] = stats.decide([c for c in cs if stats.is_primary(c.statistic)])
+                families[f"{diag} vs uniform, by group"] = stats.decide([c for c in cs if not stats.is_primary(c.statistic)])
     best, worst = stats.reference_identities(acc["baseline"])
     vs_base = [c for t in acc if t != "baseline" for c in block(t, "baseline", best, worst, "vs baseline")]
-    families["vs baseline"] = stats.decide([c for c in vs_base if not c.statistic.startswith("top1")])
-    families["vs baseline, by group"] = stats.decide([c for c in vs_base if c.statistic.startswith("top1")])
+    families["vs baseline"] = stats.decide([c for c in vs_base if stats.is_primary(c.statistic)])
+    families["vs baseline, by group"] = stats.decide([c for c in vs_base if not stats.is_primary(c.statistic)])
     after = []
     for t, a in acc_after.items():
         best, worst = stats.reference_identities(acc[t])
         acc_of[f"{t} after"] = a
         after += block(f"{t} after", t, best, worst, "after vs before unlearning")
     if after:
-        families["after vs before unlearning"] = stats.decide([c for c in after if not c.statistic.startswith("top1")])
-        families["after vs before unlearning, by group"] = stats.decide([c for c in after if c.statistic.startswith("top1")])
+        families["after vs before unlearning"] = stats.decide([c for c in after if stats.is_primary(c.statistic)])
+        families["after vs before unlearning, by group"] = stats.decide([c for c in after if not stats.is_primary(c.statistic)])
     return {k: [c.to_dict() for c in v] for k, v in families.items()}
 
 

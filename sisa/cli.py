@@ -58,9 +58,12 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help=f"R: cumulative slices per shard, a checkpoint after each (default {D.num_slices})")
     g.add_argument("--strategy", choices=STRATEGIES, default=D.strategy, metavar="STRATEGY",
                    help=f"<placement>-<test set>, one of {', '.join(STRATEGIES)} (default {D.strategy})")
-    g.add_argument("--segregate", choices=("white", "black", "asian", "indian", "other"), default=D.segregate,
-                   help=f"with segregated placement (a positive control): the race whose faces fill as few shards as "
-                        f"possible (default {D.segregate})")
+    g.add_argument("--control_race", choices=("white", "black", "asian", "indian", "other"), default=D.control_race,
+                   help="the race of the diagnostics: whose faces go first with segregated placement, and whose "
+                        f"training labels --label_noise corrupts (default {D.control_race})")
+    g.add_argument("--label_noise", type=_number(float, 0.0, "a fraction"), default=D.label_noise,
+                   help="a positive control: this fraction of --control_race's training faces get a random age class "
+                        f"(test labels untouched; default {D.label_noise})")
     g.add_argument("--put_in", choices=PUT_IN, default=D.put_in,
                    help=f"with sorted placement: high-likelihood faces fill as few 'shard's as possible, or the last 'slice's of every shard (default {D.put_in})")
     g.add_argument("--folds", type=positive_int, default=D.folds,
@@ -127,11 +130,11 @@ def add_summaries_arg(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(a: argparse.Namespace) -> RunConfig:
     return RunConfig(image_size=a.image_size, limit=a.limit, likelihood_factors=a.likelihood_factors,
-                     strategy=a.strategy, put_in=a.put_in, segregate=a.segregate, num_shards=a.num_shards, num_slices=a.num_slices,
+                     strategy=a.strategy, put_in=a.put_in, control_race=a.control_race, num_shards=a.num_shards, num_slices=a.num_slices,
                      folds=a.folds, test_per_cell=a.test_per_cell, test_random=a.test_random, seed=a.seed,
                      training_seed=a.training_seed, recipe=a.recipe, model=a.model, weights=a.weights,
                      epochs=a.epochs, slice_epochs=a.slice_epochs, batch_size=a.batch_size, lr=a.lr,
-                     augment=not a.no_augment, run_name=a.run_name)
+                     augment=not a.no_augment, label_noise=a.label_noise, run_name=a.run_name)
 
 
 def options_from_args(a: argparse.Namespace) -> Options:

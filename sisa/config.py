@@ -38,7 +38,7 @@ class RunConfig:
     # --- partition --------------------------------------------------------------------------
     strategy: str = "random-balanced"       # <placement>-<test set>: placement random|sorted|segregated, test random|balanced|kfold
     put_in: str = "slice"                   # sorted placement: high-likelihood faces fill few 'shard's or the last 'slice's
-    segregate: str = "black"                # segregated placement (the positive control): this race's faces go first
+    control_race: str = "black"             # the race of the diagnostics: segregated placement, label noise
     num_shards: int = 5                     # S disjoint shards, one model each (baseline: 1)
     num_slices: int = 3                     # R cumulative slices per shard, a checkpoint after each (baseline: 1)
     folds: int = 5                          # K repetitions, each with its own test set and partition
@@ -56,6 +56,8 @@ class RunConfig:
     batch_size: int = 128                   # training batch size per shard model
     lr: float | None = None                 # peak learning rate; None: the recipe's (original 6e-4, strong 2e-3)
     augment: bool = True                    # the recipe's augmentations (off: plain normalised images)
+    label_noise: float = 0.0                # the positive control: this fraction of --control_race's training faces
+                                            # get a random age class (test labels are never touched)
     run_name: str = ""                      # folder name under checkpoints/; '' = <strategy>-<put_in>-<S>x<R>
 
     def __post_init__(self) -> None:
@@ -104,8 +106,10 @@ class RunConfig:
 
         if self.strategy not in STRATEGIES:
             raise bad("strategy", self.strategy, f"choose one of {', '.join(STRATEGIES)}")
-        if self.placement == "segregated" and self.segregate not in _RACES:
-            raise bad("segregate", self.segregate, f"choose one of {', '.join(_RACES)}")
+        if self.control_race not in _RACES:
+            raise bad("control_race", self.control_race, f"choose one of {', '.join(_RACES)}")
+        if not 0 <= self.label_noise <= 1:
+            raise bad("label_noise", self.label_noise, "give a fraction between 0 and 1")
         if self.put_in not in PUT_IN:
             raise bad("put_in", self.put_in, "choose shard or slice")
         if self.recipe not in RECIPE_NAMES:

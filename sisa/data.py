@@ -33,7 +33,6 @@ from .store import (atomic_write, checksum_available, digest_kind, load_npy_chec
 AGE_BOUNDS = (2, 9, 20, 27, 45, 65, 120)   # upper bound (inclusive) of each of the 7 age classes
 AGE_CLASSES = ("0-2", "3-9", "10-20", "21-27", "28-45", "46-65", "66+")
 RACES = ("white", "black", "asian", "indian", "other")   # UTKFace race codes 0..4
-GENDERS = ("male", "female")                              # UTKFace gender codes 0..1
 MAX_AGE = AGE_BOUNDS[-1]
 # Two close-up eye crops in UTKFace that decode fine but are not faces (the original excluded them).
 KNOWN_NON_FACES = frozenset({"1_0_0_20170109193052283", "1_0_0_20170109194120301"})

@@ -26,7 +26,6 @@ from .device import wants_cuda
 class World:
     rank: int = 0
     size: int = 1
-    local_rank: int = 0
 
     @property
     def active(self) -> bool:
@@ -69,7 +68,7 @@ def setup(device: str) -> World:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
-    return World(dist.get_rank(), dist.get_world_size(), local)
+    return World(dist.get_rank(), dist.get_world_size())
 
 
 def teardown(world: World) -> None:

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from .augment import augment, flip_shift, shift_pixels
-from .config import ENGINES  # noqa: F401  (re-exported: the engines this module runs)
 from .data import AGE_CLASSES
 from .inputs import to_input
 from .recipe import Recipe, log_prior, loss_fn, lr_at

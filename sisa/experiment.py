@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import __version__
 from .config import RunConfig
-from .data import Faces, load_faces, skipped_summary
+from .data import AGE_CLASSES, RACES, Faces, load_faces, skipped_summary
 from .errors import SisaError
 from .layout import DEFAULT_CACHE, DEFAULT_CHECKPOINTS, DEFAULT_DATA, PROJECT_ROOT, RunLayout
 from .likelihood import draw_likelihood, parse_factors
@@ -55,8 +55,18 @@ class Experiment:
     skipped: pd.DataFrame
     manifest: dict = field(default_factory=dict)
 
-    def save_partition(self, fold: int) -> None:
-        write_bytes(self.layout.partition(fold), write_partition_csv(self.partitions[fold]))
+
+def training_labels(table: pd.DataFrame, cfg: RunConfig) -> np.ndarray:
+    """(N,) the age classes training sees: the true ones, except under --label_noise (the study's
+    positive control), where that fraction of --control_race's faces get a random class drawn from the
+    run's seed. Evaluation always reads the true classes from the partition."""
+    y = table["age_class"].to_numpy(np.int64).copy()
+    if cfg.label_noise > 0:
+        gen = rng(cfg.seed, "label-noise")
+        u, random_class = gen.random(len(y)), gen.integers(0, len(AGE_CLASSES), len(y))
+        noisy = (table["race"].to_numpy() == RACES.index(cfg.control_race)) & (u < cfg.label_noise)
+        y[noisy] = random_class[noisy]
+    return y
 
 
 def versions() -> dict[str, str]:

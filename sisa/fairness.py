@@ -162,8 +162,9 @@ def fairness_table(pred: pd.DataFrame, test_kind: str, n_boot: int = 1000) -> pd
 
 def compare_runs(preds: dict[str, pd.DataFrame], kinds: dict[str, str], baseline: str,
                  n_boot: int = 1000) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Side-by-side statistics of every run, and each run's change versus the baseline: the races, the
-    baseline's worst race and the gap between the baseline's best and worst races, with intervals,
+    """Side-by-side statistics of every run, and each run's change versus the baseline: the baseline's
+    worst race, its gap to the mean of the other races, each group and the gap between the baseline's
+    best and worst races (stats.contrast_stats), with intervals,
     Holm-adjusted verdicts (widened / narrowed / higher / lower / inconclusive (detectable +-x)).
     Runs tested on the baseline's faces are paired; others are resampled independently."""
     reps = {}
@@ -183,7 +184,7 @@ def compare_runs(preds: dict[str, pd.DataFrame], kinds: dict[str, str], baseline
         if name == baseline:
             continue
         for c in stats.contrasts(name, baseline, stats.contrast_stats(a, best, worst), ref, "versus the baseline"):
-            (groups if c.statistic.startswith("top1") else primary).append(c)
+            (primary if stats.is_primary(c.statistic) else groups).append(c)
     rows = [{**c.to_dict(), "paired": paired[c.run]} for c in stats.decide(primary) + stats.decide(groups)]
     changes = pd.DataFrame(rows).rename(columns={"reference": "versus"}) if rows else pd.DataFrame()
     return side, changes

@@ -31,7 +31,6 @@ NO_FACTOR_KNOWLEDGE = 0.36     # k when no factor is selected
 PRIVACY_RATE = 0.66            # P(changed privacy settings | knows the law): P(changed | k) = 0.66 k -> "high likelihood"
 REQUEST_RATE = 0.001           # P(files an unlearning request | knows the law): P(request | k) = 0.001 k
 FACTORS = ("age", "gender", "race")
-LIKELIHOOD_COLUMNS = ["knowledge", "high_likelihood", "requests_unlearning"]
 
 
 def parse_factors(spec: str) -> tuple[str, ...]:

@@ -11,9 +11,9 @@ A strategy is `<placement>-<test set>`:
                       put_in shard -> as few shards as possible (latest slices first within a shard)
                       put_in slice -> the last slice of every shard (spread evenly over shards),
                                       then the next-latest slices
-            segregated  the faces of one race (--segregate) first, placed like `sorted`: with put_in
+            segregated  the faces of one race (--control_race) first, placed like `sorted`: with put_in
                       shard they fill as few shards as possible. A diagnostic, not a strategy: the
-                      study's positive control, a placement that should visibly change fairness
+                      most a placement can do to one race's share of each shard
 The training faces are cut into S x R disjoint parts whose sizes differ by at most one; no face is
 dropped. Each fold draws from its own streams of the run's seed, and the test set's stream does not
 depend on the placement, so runs that differ only in strategy placement share their test faces.
@@ -160,7 +160,7 @@ def build_partition(table: pd.DataFrame, cfg: RunConfig, fold: int) -> pd.DataFr
     part["group"] = pd.Series(pd.NA, index=part.index, dtype="string")
     part.loc[test, "group"] = groups
     train = np.flatnonzero(part["role"].to_numpy() == "train")
-    first = part["race"].to_numpy() == RACES.index(cfg.segregate) if cfg.placement == "segregated" \
+    first = part["race"].to_numpy() == RACES.index(cfg.control_race) if cfg.placement == "segregated" \
         else part["high_likelihood"].to_numpy()
     shard, slice_ = place(first[train], cfg, rng(cfg.seed, "placement", fold))
     for col, values in (("shard", shard), ("slice", slice_)):

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .config import RECIPE_LR
 from .errors import SisaError
+from .model import trainable_parameters
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,11 @@ def get_recipe(name: str) -> Recipe:
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Trainable parameters, weight decay on matrices and kernels only (biases and norms stay free)."""
-    train = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    train = trainable_parameters(model)         # the frozen stem of a pretrained ResNet-18 stays out
     if not weight_decay:
-        return [{"params": [p for _, p in train]}]
-    return [{"params": [p for _, p in train if p.ndim > 1], "weight_decay": weight_decay},
-            {"params": [p for _, p in train if p.ndim <= 1], "weight_decay": 0.0}]
+        return [{"params": train}]
+    return [{"params": [p for p in train if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in train if p.ndim <= 1], "weight_decay": 0.0}]
 
 
 def make_optimizer(model: torch.nn.Module, recipe: Recipe, lr: float, capturable: bool = False,

@@ -23,7 +23,8 @@ TEST_TITLES = {"kfold": "k-fold test (every face tested once, by the models of t
                "balanced": "balanced test (the original's: a fixed number of faces per race x age class, plus random faces)",
                "random": "random test faces"}
 CONFIG_TITLES = {"baseline": "baseline 1x1", "uniform": "uniform", "few-shards": "few shards",
-                 "later-slices": "later slices", "control": "control (one race in one shard)"}
+                 "later-slices": "later slices", "control": "positive control (label noise)",
+                 "segregated": "segregated (one race in few shards)"}
 
 
 def write_report(layout: StudyLayout, settings, opts, summaries_dir: Path, progress: dict,
@@ -80,7 +81,7 @@ def render(r: dict, figure_prefix: str = "", heading: int = 1) -> str:
         parts += [f"{h}# {TEST_TITLES.get(test, test).capitalize()}", "",
                   f"{t['faces']['tested']:,} test faces over {t['faces']['folds']} fold(s): "
                   + ", ".join(f"{n:,} {race}" for race, n in t["faces"]["per_race"].items()) + ".", ""]
-        parts += answer(t, h) + control(t, h) + accuracy(r, t, h) + versus_baseline(t, h) + after(t, h)
+        parts += answer(t, h) + control(t, h, s["control_race"]) + accuracy(r, t, h) + versus_baseline(t, h) + after(t, h)
         parts += aggregations(t, h) + costs(t, s, h) + composition(r, t, h) + collapsed(t, h)
         parts += [f"{h}## Figures", ""] + [f"![{k}]({figure_prefix}{v})" for k, v in r["figures"].get(test, {}).items()] + [""]
     parts += method(r, h)
@@ -104,7 +105,8 @@ def settings_table(r: dict) -> str:
             ["SISA", f"{s['num_shards']} shards x {s['num_slices']} slices"],
             ["training seeds per configuration", str(s["seeds"])],
             ["unlearning requests served per fold", str(s["sample"])],
-            ["positive control", f"{s['segregate']} faces in as few shards as possible" if s["control"] else "off"],
+            ["positive control", f"uniform SISA with every {s['control_race']} training face given a random "
+                                 "age class" if s["control"] else "off"],
             ["bootstrap resamples", str(s["n_boot"])], ["faces", "all" if s["limit"] is None else f"{s['limit']:,}"]]
     return table(["setting", "value"], rows)
 
@@ -125,25 +127,27 @@ def answer(t: dict, h: str) -> list[str]:
     cs = family(t, "placement vs uniform")
     if not cs:
         return []
-    gap0 = next(c for c in cs if c["statistic"].startswith("gap"))
     worst0 = next(c for c in cs if c["statistic"].startswith("worst"))
+    worst = worst0["statistic"].split("(")[1].split(")")[0]
     rows = []
     for run in dict.fromkeys(c["run"] for c in cs):
         g, w = find(cs, run, "gap"), find(cs, run, "worst")
         rows.append([CONFIG_TITLES[run], f"{chg(g['change'])} {interval(g['ci_low'], g['ci_high'], True)}", g["verdict"],
                      f"{chg(w['change'])} {interval(w['ci_low'], w['ci_high'], True)}", w["verdict"]])
     by = family(t, "placement vs uniform, by group")
-    group_rows = [[CONFIG_TITLES[run], *(cell(find(by, run, f"top1 {g}")) for g in GROUPS)]
+    group_rows = [[CONFIG_TITLES[run], *(cell(find(by, run, f"top1 {g}")) for g in GROUPS), cell(find(by, run, "gap ("))]
                   for run in dict.fromkeys(c["run"] for c in by)]
+    best_gap = find(by, by[0]["run"], "gap (")["statistic"][5:-1] if by else ""
     return [f"{h}## The answer: placement versus uniform SISA", "",
             f"Change in points (placement − uniform), paired on the same test faces, 95% intervals over test faces and "
-            f"training seeds. The gap is between uniform's best and worst races ({gap0['statistic'][5:-1]}); the worst "
-            f"race is uniform's ({worst0['statistic'].split('(')[1].split(')')[0]}). Verdicts: Holm-adjusted over these "
-            f"{len(cs)} tests; *inconclusive* means the test cannot tell, and gives the change it would have detected "
-            "(80% power).", "",
+            f"training seeds. The worst race is uniform's ({worst}); the gap is the mean accuracy of the other four races "
+            f"minus the worst race's (every race's faces count, so it is not at the mercy of the smallest group). "
+            f"Verdicts: Holm-adjusted over these {len(cs)} tests; *inconclusive* means the test cannot tell, and gives "
+            "the change it would have detected (80% power).", "",
             table(["placement", "change of the gap", "verdict", "change of the worst race", "verdict"], rows), "",
-            "By group (change in points [95% CI], Holm-adjusted over the table):", "",
-            table(["placement", *GROUPS], group_rows), ""]
+            f"By group, and the gap between uniform's best and worst races ({best_gap}): change in points [95% CI], "
+            "Holm-adjusted over the table:", "",
+            table(["placement", *GROUPS, f"gap ({best_gap})"], group_rows), ""]
 
 
 def cell(c: dict | None) -> str:
@@ -153,22 +157,39 @@ def cell(c: dict | None) -> str:
     return f"{chg(c['change'])} {interval(c['ci_low'], c['ci_high'], True)} {v}"
 
 
-def control(t: dict, h: str) -> list[str]:
+def control(t: dict, h: str, race: str) -> list[str]:
+    out = []
     cs = family(t, "control vs uniform")
-    if not cs:
-        return []
-    g, w = find(cs, "control", "gap"), find(cs, "control", "worst")
-    ok = g["verdict"] == "widened"
-    by = family(t, "control vs uniform, by group")
-    return [f"{h}## Positive control: one race's faces in as few shards as possible", "",
-            table(["", "change of the gap", "verdict", "change of the worst race", "verdict"],
-                  [["control − uniform", f"{chg(g['change'])} {interval(g['ci_low'], g['ci_high'], True)}", g["verdict"],
-                    f"{chg(w['change'])} {interval(w['ci_low'], w['ci_high'], True)}", w["verdict"]]]), "",
-            table(["", *GROUPS], [["control − uniform", *(cell(find(by, "control", f"top1 {x}")) for x in GROUPS)]]), "",
-            ("The study detects a placement built to change fairness: its gap comes out widened, so a null result for "
-             "the likelihood placements is not built into the pipeline." if ok else
-             "**The control did not come out widened**: at these settings the pipeline cannot show amplification even "
-             "where it was built in; read the placement verdicts above as uninformative."), ""]
+    if cs:
+        g, w = find(cs, "control", "gap"), find(cs, "control", "worst")
+        ok = g["verdict"] == "widened"
+        by = family(t, "control vs uniform, by group")
+        out += [f"{h}## Positive control: the {race} training faces mislabelled", "",
+                f"Uniform SISA, except that every {race} training face carries a random age class (test labels untouched): "
+                "a configuration built to widen the gap, run through the same study.", "",
+                table(["", "change of the gap", "verdict", "change of the worst race", "verdict"],
+                      [["control − uniform", f"{chg(g['change'])} {interval(g['ci_low'], g['ci_high'], True)}", g["verdict"],
+                        f"{chg(w['change'])} {interval(w['ci_low'], w['ci_high'], True)}", w["verdict"]]]), "",
+                table(["", *GROUPS, "gap (best − worst)"], [["control − uniform", *(cell(find(by, "control", f"top1 {x}")) for x in GROUPS),
+                                                            cell(find(by, "control", "gap ("))]]), "",
+                ("The study detects a change of fairness built into the training: the control's gap comes out widened, "
+                 "so the pipeline is not blind to amplification." if ok else
+                 "**The control did not come out widened**: at these settings the pipeline cannot show amplification "
+                 "even where it was built in; read the placement verdicts above as uninformative."), ""]
+    cs = family(t, "segregated vs uniform")
+    if cs:
+        g, w = find(cs, "segregated", "gap"), find(cs, "segregated", "worst")
+        by = family(t, "segregated vs uniform, by group")
+        out += [f"{h}## The extreme placement: the {race} faces in as few shards as possible", "",
+                "How much can placement alone do? One race's training faces fill one shard (and no other shard has "
+                "any): the most any placement can change the race shares of the shards.", "",
+                table(["", "change of the gap", "verdict", "change of the worst race", "verdict"],
+                      [["segregated − uniform", f"{chg(g['change'])} {interval(g['ci_low'], g['ci_high'], True)}",
+                        g["verdict"], f"{chg(w['change'])} {interval(w['ci_low'], w['ci_high'], True)}", w["verdict"]]]), "",
+                table(["", *GROUPS, "gap (best − worst)"], [["segregated − uniform", *(cell(find(by, "segregated", f"top1 {x}")) for x in GROUPS),
+                                                               cell(find(by, "segregated", "gap ("))]]),
+                ""]
+    return out
 
 
 def accuracy(r: dict, t: dict, h: str) -> list[str]:
@@ -204,10 +225,10 @@ def versus_baseline(t: dict, h: str) -> list[str]:
              find(cs, run, "gap")["verdict"],
              f"{chg(find(cs, run, 'worst')['change'])} {interval(find(cs, run, 'worst')['ci_low'], find(cs, run, 'worst')['ci_high'], True)}",
              find(cs, run, "worst")["verdict"]] for run in dict.fromkeys(c["run"] for c in cs)]
-    gap0 = next((c["statistic"][5:-1] for c in cs if c["statistic"].startswith("gap")), "")
+    worst = next((c["statistic"].split("(")[1].split(")")[0] for c in cs if c["statistic"].startswith("worst")), "")
     return [f"{h}## SISA versus the monolithic baseline", "",
-            f"Change in points (configuration − baseline); the gap between the baseline's best and worst races ({gap0}). "
-            f"Holm over {len(cs)} tests.", "",
+            f"Change in points (configuration − baseline); the worst race is the baseline's ({worst}), the gap the mean of "
+            f"the other races minus it. Holm over {len(cs)} tests.", "",
             table(["configuration", "change of the gap", "verdict", "change of the worst race", "verdict"], rows), ""]
 
 
@@ -224,9 +245,9 @@ def after(t: dict, h: str) -> list[str]:
                      f"{chg(g['change'])} {interval(g['ci_low'], g['ci_high'], True)}", g["verdict"],
                      f"{chg(w['change'])} {interval(w['ci_low'], w['ci_high'], True)}", w["verdict"]])
     return [f"{h}## Fairness after the served requests", "",
-            "The same test faces before and after each SISA run served its requests (paired). The change of the gap "
-            f"between the run's own best and worst races before unlearning. Holm over {len(cs)} tests.", "",
-            table(["configuration", "gap (best − worst) before → after", "change of that gap", "verdict",
+            "The same test faces before and after each SISA run served its requests (paired); the worst race is the "
+            f"run's own before unlearning, the gap the mean of the other races minus it. Holm over {len(cs)} tests.", "",
+            table(["configuration", "gap (best − worst) before → after", "change of the gap (others − worst)", "verdict",
                    "change of the worst race", "verdict"], rows), ""]
 
 
@@ -294,10 +315,11 @@ def method(r: dict, h: str) -> list[str]:
             "- Intervals resample test faces within their race × age-class cells (per fold), with the same resamples "
             "for every run, so comparisons are paired; with several training seeds they also resample each "
             "configuration's seeds, so training noise is in them.",
-            "- Changes are of linear statistics: a race's accuracy, the accuracy of the reference's worst race, and the "
-            "gap between the reference's best and worst races (identities fixed from the reference's estimate). The "
-            "best-minus-worst gap itself is an order statistic, biased under resampling; its level is shown with a basic "
-            "bootstrap interval only.",
+            "- Changes are of linear statistics, race identities fixed from the reference's estimate: the reference's "
+            "worst race, the gap between the mean of the other races and it (primary), each group, and the gap between "
+            "the reference's best and worst races (secondary: a small best race makes it noisy). The best-minus-worst "
+            "gap itself is an order statistic, biased under resampling; its level is shown with a basic bootstrap "
+            "interval only.",
             "- Multiplicity: each table is one family, Holm-adjusted. The primary family is the gap and worst-race "
             "changes of the placements versus uniform; per-group changes are secondary.",
             "- *Inconclusive (detectable ±x)*: not significant; x is the change the test would have detected with 80% "

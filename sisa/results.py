@@ -19,6 +19,7 @@ from .report import interval, pct, render, secs, table
 # The committed sets, in the order RESULTS.md shows them.
 RESULTS_SOURCES = {
     "reports": ["reports/cpu", "reports/cpu-balanced"],
+    "recipe_rerun": ("benchmarks/results/cpu-study-all-2026-11-27/study-kfold.json", "reports/cpu-e6-full"),
     "recipes": "benchmarks/results/recipes-cpu-2026-11-29.json",
     "gpu_2026_11_27": ["benchmarks/results/h200-2026-11-27/study-baseline-uniform.json",
                        "benchmarks/results/h200-2026-11-27/study-later-slices.json"],
@@ -54,6 +55,37 @@ def recipes_section(path: Path) -> str:
         f"points: compare them roughly). Source: `{path.relative_to(PROJECT_ROOT).as_posix()}`.", "",
         table(["recipe", "model", "size", "random", "white", "black", "asian", "indian", "other", "worst race",
                "test-time aug.", "s per fold", "img/s"], rows), ""])
+
+
+def rerun_section(old_path: Path, report_dir: Path) -> str:
+    """The previous CPU k-fold set (original recipe) against the same study with the strong recipe:
+    the same folds, epochs, schedule and configurations, per group and configuration, with the time."""
+    old = json.loads(old_path.read_text())
+    new = json.loads(StudyLayout(report_dir).report_json.read_text())
+    levels = new["tests"]["kfold"]["levels"]
+    tags = [c["tag"] for c in old["configs"] if c["tag"] in levels]
+    rows = []
+    for g in ("random", "white", "black", "asian", "indian", "other"):
+        cells = []
+        for t in tags:
+            before = next(c for c in old["configs"] if c["tag"] == t)["top1"][g]
+            after = levels[t][f"top1 {g}"]["value"]
+            cells.append(f"{pct(before)} → {pct(after)} ({100 * (after - before):+.1f})")
+        rows.append([g, *cells])
+    s = new["settings"]
+    new_total = new["seconds_total"]
+    return "\n".join([
+        "## The strong recipe against the previous CPU set", "",
+        f"The k-fold CPU set of 2026-11-27 (original recipe, `cnn`, {old['settings']['epochs']} epochs per stage with "
+        f"`--slice_epochs full`, {old['settings']['folds']} folds, all faces; `{old_path.relative_to(PROJECT_ROOT).as_posix()}`) "
+        f"rerun with the same folds, epochs, schedule and configurations and the strong recipe (`{s['model']}`): "
+        f"`python3 study.py --preset cpu --epochs {s['epochs']} --slice_epochs {s['slice_epochs']} --no_control "
+        f"--sample {s['sample']} --name {s['name']}` (report: `{StudyLayout(report_dir).report_md.relative_to(PROJECT_ROOT).as_posix()}`). "
+        f"Top-1 in %, before → after (change in points):", "",
+        table(["group", *tags], rows), "",
+        f"Time on the 2-core machine: {old['seconds_total'] / 60:.0f} min for the previous set (training, evaluation, "
+        f"unlearning), {new_total / 60:.0f} min for the rerun (the same, plus the second evaluation after unlearning "
+        "and the report).", ""])
 
 
 def old_gpu_section(paths: list[Path]) -> str:
@@ -99,6 +131,9 @@ def build(root: Path = PROJECT_ROOT, sources: dict = RESULTS_SOURCES) -> str:
     for d in sources["reports"]:
         if StudyLayout(root / d).report_json.exists():
             parts.append(study_section(root / d))
+    old, rerun = sources["recipe_rerun"]
+    if StudyLayout(root / rerun).report_json.exists():
+        parts.append(rerun_section(root / old, root / rerun))
     if (root / sources["recipes"]).exists():
         parts.append(recipes_section(root / sources["recipes"]))
     parts.append(old_gpu_section([root / p for p in sources["gpu_2026_11_27"]]))

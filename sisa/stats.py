@@ -17,7 +17,8 @@ then the mean over folds (and over seeds). Statistics of accuracies by race:
   level statistics   each race, worst race, best race, gap (best - worst), ratio (worst / best).
                      Best and worst are order statistics, biased upwards (gap) under resampling;
                      their intervals are "basic" bootstrap intervals (2 x estimate - percentiles),
-                     which correct that bias to first order, clipped at 0.
+                     which correct that bias to first order (clipped to [0, 1]); corrected for its
+                     bias, such an interval may lie below the estimate itself.
   contrasts          changes of linear statistics only, so percentile intervals are fair: each
                      race, the random group, the accuracy of the reference's worst race, and the
                      gap between the reference's best and worst races (identities fixed from the
@@ -155,14 +156,28 @@ def reference_identities(acc: np.ndarray) -> tuple[str, str]:
     return RACES[int(np.nanargmax(races))], RACES[int(np.nanargmin(races))]
 
 
+PRIMARY = ("gap (others", "worst race")    # the statistics of a comparison's primary family (prefixes)
+
+
 def contrast_stats(acc: np.ndarray, best: str, worst: str) -> pd.DataFrame:
-    """(B+1, k) linear statistics for contrasts: each group, the reference's worst race, and the gap
-    between the reference's best and worst races."""
-    cols = {f"top1 {g}": acc[:, i] for i, g in enumerate(GROUPS)}
+    """(B+1, k) linear statistics for contrasts, race identities fixed from the reference: the primary
+    ones, the reference's worst race and its gap to the mean of the other races (every race's faces
+    count, so a small best race cannot swamp it with noise), then each group and the gap between the
+    reference's best and worst races."""
     b, w = 1 + RACES.index(best), 1 + RACES.index(worst)
-    cols[f"worst race ({worst}) top1"] = acc[:, w]
+    others = [1 + i for i, r in enumerate(RACES) if r != worst]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # races without test faces do not count
+        mean_others = np.nanmean(acc[:, others], axis=1)
+    cols = {f"gap (others - {worst})": mean_others - acc[:, w],
+            f"worst race ({worst}) top1": acc[:, w]}
+    cols.update({f"top1 {g}": acc[:, i] for i, g in enumerate(GROUPS)})
     cols[f"gap ({best} - {worst})"] = acc[:, b] - acc[:, w]
     return pd.DataFrame(cols)
+
+
+def is_primary(statistic: str) -> bool:
+    return statistic.startswith(PRIMARY)
 
 
 def level_table(reps: pd.DataFrame, seed_values: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -173,8 +188,9 @@ def level_table(reps: pd.DataFrame, seed_values: pd.DataFrame | None = None) -> 
     lo, hi = sample.quantile(0.025), sample.quantile(0.975)
     out = pd.DataFrame({"value": est, "ci_low": lo, "ci_high": hi})
     order = [c for c in reps.columns if not c.startswith("top1 ")]
-    for c in order:                                  # basic bootstrap: reflect the percentiles around the estimate
-        out.loc[c, "ci_low"], out.loc[c, "ci_high"] = max(0.0, 2 * est[c] - hi[c]), 2 * est[c] - lo[c]
+    for c in order:      # basic bootstrap: reflect the percentiles around the estimate, within [0, 1]
+        out.loc[c, "ci_low"] = float(np.clip(2 * est[c] - hi[c], 0.0, 1.0))
+        out.loc[c, "ci_high"] = float(np.clip(2 * est[c] - lo[c], 0.0, 1.0))
     out["interval"] = ["basic" if c in order else "percentile" for c in out.index]
     out["seed_sd"] = seed_values.std(ddof=1) if seed_values is not None and len(seed_values) > 1 else np.nan
     return out

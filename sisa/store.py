@@ -28,14 +28,6 @@ def sha256_bytes(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def sha256_names(names) -> str:
     """Hash of a set of face file names: the identity of a training stage's data (order-free)."""
     return sha256_bytes("\n".join(sorted(names)).encode())

@@ -8,8 +8,10 @@ Configurations (the poster's four, and a positive control):
   uniform       5 x 3 SISA, faces placed at random
   few-shards    5 x 3, high-likelihood faces in as few shards as possible (sorted, put_in shard)
   later-slices  5 x 3, high-likelihood faces in the last slices of every shard (sorted, put_in slice)
-  control       5 x 3, one race's faces (--segregate, default black) in as few shards as possible:
-                a placement built to change fairness, which the study must detect
+  control       the positive control: uniform 5 x 3, but every training face of one race (--control_race,
+                default black) carries a random age class; built to widen the gap, which the study must see
+  segregated    (optional) 5 x 3, that race's faces in as few shards as possible: the most any
+                placement can do to one race's share of each shard
 
 Each configuration is trained once per training seed (`--seeds`; same partitions and test faces),
 evaluated, costed for unlearning (expected cost under both request models, batches), served
@@ -27,20 +29,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from .config import RunConfig
 from .errors import SisaError
 from .experiment import Options
-from .layout import DEFAULT_CHECKPOINTS, DEFAULT_REPORTS, DEFAULT_SUMMARIES, RunLayout, StudyLayout, SummaryLayout
+from .layout import DEFAULT_REPORTS, DEFAULT_SUMMARIES, RunLayout, StudyLayout
 from .store import read_json, run_lock, write_json
 
 CONFIGS = {
@@ -48,7 +47,8 @@ CONFIGS = {
     "uniform": dict(placement="random", put_in="slice", sisa=True),
     "few-shards": dict(placement="sorted", put_in="shard", sisa=True),
     "later-slices": dict(placement="sorted", put_in="slice", sisa=True),
-    "control": dict(placement="segregated", put_in="shard", sisa=True),
+    "control": dict(placement="random", put_in="slice", sisa=True, label_noise=1.0),
+    "segregated": dict(placement="segregated", put_in="shard", sisa=True),
 }
 POSTER_CONFIGS = ("baseline", "uniform", "few-shards", "later-slices")
 
@@ -90,7 +90,7 @@ class Settings:
     configs: tuple[str, ...] = POSTER_CONFIGS
     num_shards: int = 5
     num_slices: int = 3
-    segregate: str = "black"
+    control_race: str = "black"
     seed: int = 0
     limit: int | None = None
     lr: float | None = None
@@ -105,7 +105,8 @@ class Settings:
         c = CONFIGS[tag]
         sisa = c["sisa"]
         return RunConfig(image_size=self.image_size, limit=self.limit, likelihood_factors=self.likelihood_factors,
-                         strategy=f"{c['placement']}-{test}", put_in=c["put_in"], segregate=self.segregate,
+                         strategy=f"{c['placement']}-{test}", put_in=c["put_in"], control_race=self.control_race,
+                         label_noise=c.get("label_noise", 0.0),
                          num_shards=self.num_shards if sisa else 1, num_slices=self.num_slices if sisa else 1,
                          folds=self.folds, test_per_cell=self.test_per_cell, test_random=self.test_random,
                          seed=self.seed, training_seed=seed_index or None, recipe=self.recipe, model=self.model,
@@ -285,8 +286,11 @@ class Study:
         cfg, name = exp.cfg, exp.cfg.name
         left = sum(stage_work(exp, f, s, first) for f, s, first in pending_stages(exp))
         tested = sum(int((p["role"] == "test").sum()) for p in exp.partitions)
-        evals = 2 if cfg.num_shards * cfg.num_slices > 1 and self.s.sample else 1
-        left += evals * self.eval_units(cfg, tested) * (not progress.finished(name, "evaluate after unlearning"))
+        if not progress.finished(name, "evaluate"):
+            left += self.eval_units(cfg, tested)
+        if cfg.num_shards * cfg.num_slices > 1 and self.s.sample and \
+                not progress.finished(name, "evaluate after unlearning"):   # only the retrained shards run again
+            left += self.eval_units(cfg, tested) * min(cfg.num_shards, self.s.sample) // cfg.num_shards
         if cfg.num_shards * cfg.num_slices > 1 and self.s.sample and not progress.finished(name, "unlearning"):
             left += self.unlearning_units(exp)
         return left
@@ -345,7 +349,8 @@ class Study:
                 from .experiment import open_run
                 after = summary_name(open_run(L, self.opts, with_images=False))
                 evaluate_run(L, self.opts, self.summaries, overwrite=True, name=after, n_boot=self.s.n_boot)
-                bar.update(self.eval_units(cfg, sum(int((p["role"] == "test").sum()) for p in exp.partitions)))
+                tested = sum(int((p["role"] == "test").sum()) for p in exp.partitions)
+                bar.update(self.eval_units(cfg, tested) * min(cfg.num_shards, self.s.sample) // cfg.num_shards)
                 progress.record(name, "evaluate after unlearning", time.perf_counter() - t, summary=after)
                 self.say(f"[{self.clock()}] evaluated {after} in "
                          f"{fmt_s(progress.done[name]['evaluate after unlearning']['seconds'])}")

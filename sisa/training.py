@@ -28,7 +28,7 @@ from .device import resolve_device
 from .distributed import World
 from .engine import (DivergedError, StagePlan, adopt_for_graphs, portable_optimizer_state, train_stage)
 from .errors import SisaError
-from .experiment import Experiment, Options
+from .experiment import Experiment, Options, training_labels
 from .model import build_model
 from .partition import stage_hash, stage_rows
 from .recipe import get_recipe, make_optimizer
@@ -104,7 +104,7 @@ class Trainer:
             self.images = torch.from_numpy(exp.images).to(self.device)             # (N, H, W, 3) uint8
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True   # fixed shapes: let cuDNN pick its fastest kernels
-        self.labels = torch.tensor(exp.table["age_class"].to_numpy(dtype=np.int64), device=self.device)  # (N,)
+        self.labels = torch.tensor(training_labels(exp.table, exp.cfg), device=self.device)   # (N,) int64
         self.bar, self.logger = bar, logger
         self.amp = self.device.type == "cuda"   # bf16 autocast on GPUs; CPU stays fp32 (exact, reproducible)
         self.lr_tensor = torch.tensor(self.cfg.lr, device=self.device) if self.engine == "graphs" else None

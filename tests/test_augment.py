@@ -9,7 +9,7 @@ from torchvision.transforms import InterpolationMode
 
 from sisa.augment import (_affine, _autocontrast, _blur, _colour_jitter, _shift_hue, augment, blur_kernel,
                           flip_shift, shift_pixels)
-from sisa.inputs import IMAGENET_MEAN, IMAGENET_STD, mirror, normalise_, to_input
+from sisa.inputs import IMAGENET_MEAN, IMAGENET_STD, mirror, to_input
 
 
 def faces(b: int = 4, px: int = 32, seed: int = 0) -> torch.Tensor:

@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from helpers import error_line, run_script
+from helpers import call_script, error_line, run_script
 from sisa.partition import content_hash, read_partition
 
 SMALL = ["--image_size", 24, "--test_per_cell", 2, "--test_random", 10, "--folds", 2]
@@ -60,12 +60,12 @@ def test_changed_config_is_refused_unless_overwrite(dirs, tmp_path):
     (["--limit", 50], "too small"),
 ])
 def test_bad_flags_fail_with_one_clear_line(dirs, flags, message):
-    proc = run_script("train.py", "--dry_run", *SMALL, *dirs, *flags, check=False)
+    proc = call_script("train.py", "--dry_run", *SMALL, *dirs, *flags)
     assert message in error_line(proc)
 
 
 def test_missing_data_folder_says_how_to_get_data(tmp_path, cache_dir):
-    proc = run_script("train.py", "--dry_run", "--data_dir", tmp_path / "none", "--cache_dir", cache_dir,
-                      "--checkpoints_dir", tmp_path / "ck", check=False)
+    proc = call_script("train.py", "--dry_run", "--data_dir", tmp_path / "none", "--cache_dir", cache_dir,
+                       "--checkpoints_dir", tmp_path / "ck")
     line = error_line(proc)
     assert "does not exist" in line and "setup.sh" in line

@@ -39,6 +39,7 @@ def copy_run(ck, name, dest):
     return dest
 
 
+@pytest.mark.slow
 def test_evaluate_writes_the_original_pickles_tables_and_figures(runs, tmp_path):
     sums = tmp_path / "summaries"
     out = evaluate(runs, sums, "--run_dir", "random-balanced-slice-2x2").stdout
@@ -71,7 +72,9 @@ def test_evaluate_writes_the_original_pickles_tables_and_figures(runs, tmp_path)
     assert {"top1", "top2", "macro_f1", "faces"} <= set(tidy["metric"])
     fair = pd.read_csv(sums / f"{name}-fairness.csv", index_col=0)
     assert {"worst race top1", "gap (best - worst)", "ratio (worst / best)", "decrease black vs best"} <= set(fair.index)
-    assert (fair["ci_low"] <= fair["value"] + 1e-9).all() and fair["fold_std"].notna().all()
+    pct = fair[fair["interval"] == "percentile"]
+    assert len(pct) == 5 and (pct["ci_low"] <= pct["value"] + 1e-9).all() and (pct["value"] <= pct["ci_high"] + 1e-9).all()
+    assert (fair["ci_low"] <= fair["ci_high"]).all() and fair["fold_std"].notna().all()
     info = json.loads((sums / f"{name}-info.json").read_text())
     assert info["weights_used"] == "none" and info["unlearning_requests_served"] == 0
     # the mean pickle is the mean of the fold pickles
@@ -91,6 +94,7 @@ def test_evaluate_writes_the_original_pickles_tables_and_figures(runs, tmp_path)
     assert (sums / f"{name}-mean.pickle").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_compare_answers_the_amplification_question(runs, tmp_path):
     sums = tmp_path / "s"
     for name in ("random-balanced-slice-2x2", "sorted-balanced-slice-2x2"):
@@ -111,6 +115,7 @@ def test_compare_answers_the_amplification_question(runs, tmp_path):
                                                                "nope", check=False))
 
 
+@pytest.mark.slow
 def test_error_cases_are_one_line_and_write_nothing(runs, tmp_path):
     sums = tmp_path / "sums"
     line = error_line(evaluate(runs, sums, "--run_dir", "no-such-run", check=False))
@@ -135,6 +140,7 @@ def test_error_cases_are_one_line_and_write_nothing(runs, tmp_path):
     assert "no complete fold" in line and "fold 0: shard 1 slice 1 damaged" in line and "fold 1: shard 0 slice 1 missing" in line
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_configuration_is_refused(runs, faces_dir, cache_dir, tmp_path):
     # a run identical but for the learning rate: same partitions, so only the checkpoint's config can tell
     ck = tmp_path / "ck"
@@ -151,6 +157,7 @@ def test_checkpoint_of_another_configuration_is_refused(runs, faces_dir, cache_d
     assert "another configuration" in line and "lr" in line
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_summaries_of_every_fold_count(runs, tmp_path):
     """Summaries of another fold count must not survive an --overwrite and mix into readers' globs."""
     ck = copy_run(runs, "random-balanced-slice-2x2", tmp_path / "ck")
@@ -167,6 +174,7 @@ def test_overwrite_replaces_the_summaries_of_every_fold_count(runs, tmp_path):
     assert json.loads((sums / f"{name}-info.json").read_text())["folds_evaluated"] == [0]
 
 
+@pytest.mark.slow
 def test_flip_test_time_augmentation_averages_the_logits_of_each_face_and_its_mirror(runs, tmp_path):
     import torch
     from sisa.checkpoints import load_checkpoint

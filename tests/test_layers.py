@@ -2,7 +2,6 @@
 folder paths made only in layout.py."""
 import ast
 import re
-from pathlib import Path
 
 from sisa.layout import PROJECT_ROOT
 

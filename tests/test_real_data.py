@@ -8,7 +8,7 @@ from conftest import full_dataset
 from helpers import run_script
 from sisa.partition import read_partition
 
-pytestmark = pytest.mark.skipif(full_dataset() is None, reason="the full UTKFace set is not here")
+pytestmark = [pytest.mark.skipif(full_dataset() is None, reason="the full UTKFace set is not here"), pytest.mark.slow]
 
 
 def test_full_dataset_dry_run_every_strategy(tmp_path_factory):

@@ -4,11 +4,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
 
 import pytest
 
 from sisa.layout import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow      # each test runs setup.sh (pip included)
 
 
 @pytest.fixture

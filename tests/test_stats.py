@@ -37,6 +37,7 @@ def test_a_placement_versus_uniform_contrast_by_hand():
     assert cs["top1 white"].change == pytest.approx(0.25) and cs["top1 black"].change == pytest.approx(-0.25)
     assert cs["worst race (black) top1"].change == pytest.approx(-0.25)
     assert cs["gap (white - black)"].change == pytest.approx(0.5)            # (1 - .25) - (.75 - .5)
+    assert cs["gap (others - black)"].change == pytest.approx(0.5)           # white is the only other race here
     assert cs["top1 random"].change == 0 and cs["top1 random"].p == 1.0      # 5 of 8 both times, on every resample
     c = cs["gap (white - black)"]
     assert c.ci_low <= c.change <= c.ci_high and c.se > 0
@@ -47,7 +48,7 @@ def test_identical_runs_change_by_exactly_nothing_on_every_resample():
     reps = stats.Replicates(faces, "kfold", n_boot=300)
     h = np.random.default_rng(0).random(len(faces)) < 0.6
     a = stats.contrast_stats(reps.group_acc(h), "white", "black")
-    (gap,) = [c for c in stats.contrasts("a", "b", a, a, "f") if c.statistic.startswith("gap")]
+    (gap,) = [c for c in stats.contrasts("a", "b", a, a, "f") if c.statistic.startswith("gap (others")]
     assert gap.change == 0 and gap.ci_low == gap.ci_high == 0 and gap.se == 0 and gap.p == 1.0
     stats.decide([gap])
     assert gap.verdict == "inconclusive (detectable ±0.0)"
@@ -74,7 +75,7 @@ def test_a_clear_change_and_an_inconclusive_one_in_one_family():
     for name, acc in (("big", big), ("small", small)):
         fam += [c for c in stats.contrasts(name, "base", stats.contrast_stats(acc, "white", "black"),
                                            stats.contrast_stats(base, "white", "black"), "primary")
-                if c.statistic.startswith("gap")]
+                if c.statistic.startswith("gap (others")]
     big_c, small_c = stats.decide(fam)
     assert big_c.verdict == "widened" and big_c.p_adjusted < 0.05
     assert small_c.verdict.startswith("inconclusive (detectable ±") and small_c.p_adjusted >= 0.05
@@ -112,8 +113,8 @@ def test_the_gap_level_uses_a_basic_interval():
     lev = stats.level_stats(acc)["gap (best - worst)"]
     lo, hi = lev[1:].quantile(0.025), lev[1:].quantile(0.975)
     assert table.loc["gap (best - worst)", "interval"] == "basic" and table.loc["top1 white", "interval"] == "percentile"
-    assert table.loc["gap (best - worst)", "ci_high"] == pytest.approx(2 * lev[0] - lo)
-    assert table.loc["gap (best - worst)", "ci_low"] == pytest.approx(max(0, 2 * lev[0] - hi))
+    assert table.loc["gap (best - worst)", "ci_high"] == pytest.approx(min(1, max(0, 2 * lev[0] - lo)))
+    assert table.loc["gap (best - worst)", "ci_low"] == pytest.approx(min(1, max(0, 2 * lev[0] - hi)))
 
 
 def test_runs_must_share_their_test_faces():
@@ -122,3 +123,11 @@ def test_runs_must_share_their_test_faces():
     assert stats.hits(pred, faces).all()
     with pytest.raises(ValueError, match="share their test faces"):
         stats.hits(pred.iloc[1:], faces)
+
+
+def test_the_primary_gap_is_the_mean_of_the_other_races_minus_the_worst():
+    acc = np.array([[0.60, 0.70, 0.50, 0.60, 0.65, 0.55]])      # random, white, black, asian, indian, other
+    cs = stats.contrast_stats(acc, "white", "black").iloc[0]
+    assert cs["gap (others - black)"] == pytest.approx((0.70 + 0.60 + 0.65 + 0.55) / 4 - 0.50)
+    assert cs["worst race (black) top1"] == 0.5 and cs["gap (white - black)"] == pytest.approx(0.2)
+    assert [c for c in cs.index if stats.is_primary(c)] == ["gap (others - black)", "worst race (black) top1"]

@@ -132,7 +132,9 @@ def test_presets_and_overrides_resolve_to_complete_settings():
     assert cfg.name == "cpu-kfold-later-slices-seed2" and cfg.training_seed == 2 and cfg.strategy == "sorted-kfold"
     assert s.run_config("kfold", "baseline", 0).num_shards == 1 and s.run_config("kfold", "baseline", 0).training_seed is None
     control = s.run_config("balanced", "control", 0)
-    assert control.strategy == "segregated-balanced" and control.put_in == "shard" and control.segregate == "black"
+    assert control.strategy == "random-balanced" and control.label_noise == 1.0 and control.control_race == "black"
+    seg = resolve_settings("cpu", {"configs": ["baseline", "uniform", "segregated"]}, "x").run_config("kfold", "segregated", 0)
+    assert seg.strategy == "segregated-kfold" and seg.put_in == "shard" and seg.label_noise == 0
     poster = resolve_settings("poster", {}, None)
     assert (poster.image_size, poster.model, poster.recipe, poster.folds, poster.tests) == (200, "resnet18", "original", 5,
                                                                                             ("balanced",))
