@@ -181,4 +181,4 @@ class StudyLayout:
 
     def faces_file(self, test: str) -> Path:
         """The test faces (fold, file, race, age class, group) every predictions file is aligned with."""
-        return self.predictions / f"{test}-faces.csv"
+        return self.predictions / f"{test}-faces.csv.gz"

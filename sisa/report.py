@@ -6,6 +6,7 @@ and RESULTS.md is made from committed reports the same way (sisa.results).
 """
 from __future__ import annotations
 
+import gzip
 import io
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def write_report(layout: StudyLayout, settings, opts, summaries_dir: Path, progr
     data["seconds_total"] = seconds_total
     data["figures"] = figures(layout, data, summaries_dir)
     data["predictions"] = save_predictions(layout, data, summaries_dir)
-    write_json(layout.report_json, data)
+    write_json(layout.report_json, data, sort_keys=False)     # render() shows the dicts in their order
     write_text(layout.report_md, render(data))
     return layout.report_md
 
@@ -359,19 +360,22 @@ def figures(layout: StudyLayout, data: dict, summaries_dir: Path) -> dict:
 
 
 def save_predictions(layout: StudyLayout, data: dict, summaries_dir: Path) -> dict:
-    """Per test kind, the test faces once (CSV) and, per run, a small .npz aligned with them: the
-    ensemble's summed logits (float16), its top-2, and every shard model's top-1."""
+    """Per test kind, the test faces once (gzipped CSV) and, per run, a small .npz aligned with them:
+    the ensemble's top-2 and every shard model's top-1, and for the runs before unlearning the
+    ensemble's summed logits (float16; a run after unlearning differs from its run before only in the
+    retrained shards, and its predictions are enough for every contrast the report makes)."""
     from .stats import test_faces
     saved = {}
     for test, t in data["tests"].items():
         names = [n for runs in t["runs"].values() for key in ("before", "after") for n in (runs[key] or [])]
+        before = {n for runs in t["runs"].values() for n in runs["before"]}
         faces = None
         for n in names:
             summary = SummaryLayout(Path(summaries_dir), n)
             pred = pd.read_csv(summary.predictions)
             if faces is None:
                 faces = test_faces(pred)
-                write_text(layout.faces_file(test), faces.to_csv(index=False))
+                write_bytes(layout.faces_file(test), gzip.compress(faces.to_csv(index=False).encode(), mtime=0))
             with np.load(summary.logits) as z:
                 key = pd.MultiIndex.from_arrays([z["fold"], z["filename"].astype(str)])
                 order = key.get_indexer(pd.MultiIndex.from_arrays([faces["fold"], faces["filename"]]))
@@ -380,9 +384,11 @@ def save_predictions(layout: StudyLayout, data: dict, summaries_dir: Path) -> di
             shards = [pred[pred["model"] == f"shard-{s}"].sort_values(["fold", "filename"])["pred1"].to_numpy()
                       for s in range(shard_logits.shape[0])]
             buf = io.BytesIO()
-            np.savez_compressed(buf, ensemble_logits=shard_logits.sum(0).astype(np.float16),
-                                pred1=ens["pred1"].to_numpy(np.uint8), pred2=ens["pred2"].to_numpy(np.uint8),
-                                shard_pred1=np.stack(shards).astype(np.uint8))
+            arrays = {"pred1": ens["pred1"].to_numpy(np.uint8), "pred2": ens["pred2"].to_numpy(np.uint8),
+                      "shard_pred1": np.stack(shards).astype(np.uint8)}
+            if n in before:
+                arrays["ensemble_logits"] = shard_logits.sum(0).astype(np.float16)
+            np.savez_compressed(buf, **arrays)
             write_bytes(layout.predictions_file(n), buf.getvalue())
             saved[n] = layout.predictions_file(n).relative_to(layout.root).as_posix()
     return saved

@@ -158,8 +158,9 @@ def write_text(path: Path, text: str) -> None:
     write_bytes(path, text.encode())
 
 
-def write_json(path: Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def write_json(path: Path, obj, sort_keys: bool = True) -> None:
+    """Write JSON atomically; sort_keys=False keeps the dicts' order (for files rendered in that order)."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str) + "\n")
 
 
 def read_json(path: Path):

@@ -188,6 +188,11 @@ class Progress:
     """progress.json: which phases of which runs are done, with their seconds (for resume and the report)."""
     path: Path
     done: dict = field(default_factory=dict)
+    recorded_now: float = 0.0       # seconds of the phases this process ran
+
+    def seconds(self) -> float:
+        """Seconds of every recorded phase, over all the invocations that ran them."""
+        return sum(ph["seconds"] for phases in self.done.values() for ph in phases.values())
 
     @classmethod
     def load(cls, path: Path) -> "Progress":
@@ -198,6 +203,7 @@ class Progress:
 
     def record(self, run: str, phase: str, seconds: float, **facts) -> None:
         self.done.setdefault(run, {})[phase] = {"seconds": seconds, **facts}
+        self.recorded_now += seconds
         write_json(self.path, self.done)
 
 
@@ -257,8 +263,11 @@ class Study:
                 for key, exp in exps.items():
                     self.one_run(key, exp, progress, bar)
                 t = time.perf_counter()
+                # the study's time: every phase, whichever invocation ran it, plus this one's overhead
+                # (preparing runs, the report), so a resumed study or a regenerated report still says it
+                overhead = time.perf_counter() - started - progress.recorded_now
                 path = write_report(self.layout, self.s, self.opts, self.summaries, progress.done,
-                                    seconds_total=time.perf_counter() - started)
+                                    seconds_total=progress.seconds() + overhead)
                 bar.write(f"[{self.clock()}] report: {self.layout.report_md} ({time.perf_counter() - t:.0f} s)")
         return path
 
