@@ -290,6 +290,7 @@ def compare(names: list[str], summaries_dir: Path, n_boot: int = 1000) -> tuple[
     loaded = {n: load_summary(summaries_dir, n) for n in names}
     side, changes = fairness.compare_runs({n: v[0] for n, v in loaded.items()},
                                           {n: v[1]["test_kind"] for n, v in loaded.items()}, names[0], n_boot)
+    side = side.astype(np.float64)          # rows added below are float64 (pandas refuses to upcast in place)
     for n, (_, info, top1) in loaded.items():
         side.loc["top1 random", n] = top1.get("random", np.nan)
         side.loc["top1 all_races", n] = top1.get("all_races", np.nan)
