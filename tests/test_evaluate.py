@@ -147,7 +147,9 @@ def test_checkpoint_of_another_configuration_is_refused(runs, faces_dir, cache_d
     other = prepare(RunConfig(strategy="random-balanced", lr=1e-3, run_name="other", **TINY),
                     Options(data_dir=faces_dir, cache_dir=cache_dir, checkpoints_dir=ck, progress=False))
     src = runs / "random-balanced-slice-2x2"
-    for path in src.glob("fold-*/shard-*/slice-*"):
+    copied = sorted(src.glob("fold-*/shard-*/slice-*"))
+    assert len(copied) == 2 * 2 * 2 * 2                   # 2 folds x 2 shards x 2 slices, .pt and .json
+    for path in copied:
         dest = other.layout.root / path.relative_to(src)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, dest)
