@@ -14,13 +14,17 @@ import sys
 from pathlib import Path
 
 from .layout import PROJECT_ROOT, StudyLayout
-from .report import interval, pct, render, secs, table
+from .report import chg, interval, pct, render, secs, table
 
 # The committed sets, in the order RESULTS.md shows them.
 RESULTS_SOURCES = {
-    "reports": ["reports/cpu", "reports/cpu-balanced"],
-    "recipe_rerun": ("benchmarks/results/cpu-study-all-2026-11-27/study-kfold.json", "reports/cpu-e6-full"),
+    "reports": ["reports/cpu"],
+    # the previous CPU set (original recipe) and its rerun with the strong recipe, per test kind
+    "recipe_reruns": [("benchmarks/results/cpu-study-all-2026-11-27/study-kfold.json", "reports/cpu-e6-full"),
+                      ("benchmarks/results/cpu-study-all-2026-11-27/study-balanced.json",
+                       "reports/cpu-e6-full-balanced")],
     "recipes": "benchmarks/results/recipes-cpu-2026-11-29.json",
+    "fresh_clones": "benchmarks/results/fresh-clone-cpu-*.json",
     "gpu_2026_11_27": ["benchmarks/results/h200-2026-11-27/study-baseline-uniform.json",
                        "benchmarks/results/h200-2026-11-27/study-later-slices.json"],
 }
@@ -32,6 +36,51 @@ benchmark files (`benchmarks/results/`); a test checks that this file matches th
 is one command (`study.py`, shown with each); its report folder also holds the per-face predictions
 of every run, so any other contrast can be computed without retraining.
 """
+
+
+def _c(cs: list[dict], run: str, prefix: str) -> dict:
+    return next(c for c in cs if c["run"] == run and c["statistic"].startswith(prefix))
+
+
+def _fmt(c: dict) -> str:
+    return f"{chg(c['change'])} points {interval(c['ci_low'], c['ci_high'], True)}, {c['verdict']}"
+
+
+def summary_section(report_dirs: list[Path]) -> str:
+    """What the studies answer, sentence by sentence, every number taken from their report.json."""
+    lines = ["## What the studies answer", ""]
+    for d in report_dirs:
+        data = json.loads(StudyLayout(d).report_json.read_text())
+        s = data["settings"]
+        for test, t in data["tests"].items():
+            where = (f"`{s['name']}`, {test} test ({t['faces']['tested']:,} test faces, {s['seeds']} training seed(s) per "
+                     f"configuration)")
+            cs = t["contrasts"]
+            lv = t["levels"]
+            worst = _c(cs["placement vs uniform"], "few-shards", "worst")["statistic"].split("(")[1].split(")")[0]
+            lines.append(f"- **{where}.** Placement versus uniform SISA, the change of the gap between the other races "
+                         f"and {worst}: few shards {_fmt(_c(cs['placement vs uniform'], 'few-shards', 'gap'))}; later "
+                         f"slices {_fmt(_c(cs['placement vs uniform'], 'later-slices', 'gap'))}.")
+            if "control vs uniform" in cs:
+                lines.append(f"  The positive control (every {s['control_race']} training face given a random age class): "
+                             f"{_fmt(_c(cs['control vs uniform'], 'control', 'gap'))}; its {s['control_race']} accuracy "
+                             f"{_fmt(_c(cs['control vs uniform'], 'control', 'worst'))}.")
+            base = _c(cs["vs baseline"], "uniform", "worst")
+            lines.append(f"  Accuracy (random group): baseline {pct(lv['baseline']['top1 random']['value'])}%, uniform "
+                         f"{pct(lv['uniform']['top1 random']['value'])}%; SISA costs the baseline's worst race "
+                         f"{_fmt(base)} (uniform − baseline).")
+            after = cs.get("after vs before unlearning", [])
+            if after:
+                verdicts = ", ".join(f"{c['run'][:-6]} {_fmt(c)}" for c in after if c["statistic"].startswith("gap"))
+                lines.append(f"  After the served requests ({s['sample']} per fold), the change of each run's gap: {verdicts}.")
+            u = t["unlearning"]
+            lines.append("  Expected speed-up of a request over retraining the 1x1 model, shared / independent request "
+                         "model: " + "; ".join(f"{tag} {u[tag]['expected']['shared']['speedup_vs_baseline']:.2f}x / "
+                                             f"{u[tag]['expected']['independent']['speedup_vs_baseline']:.2f}x"
+                                             for tag in ("uniform", "few-shards", "later-slices") if tag in u) + ".")
+    lines += ["", "Inconclusive is not *equal*: each verdict gives the change its test would have detected. The "
+              "sections below have every table, interval and figure.", ""]
+    return "\n".join(lines)
 
 
 def recipes_section(path: Path) -> str:
@@ -50,42 +99,69 @@ def recipes_section(path: Path) -> str:
         "## Recipes: accuracy per CPU-second", "",
         f"`python3 benchmarks/recipes.py --ablations` on {d['device']} ({d['date']}): the 1x1 baseline of the study on "
         f"all faces, {p['folds']}-fold test (every face tested once), {p['epochs']} epochs, batch {p['batch_size']}, "
-        f"random initial weights, seed {p['seed']}; top-1 = {p['metric']}. 95% bootstrap interval for the random group "
+        f"random initial weights, seed {p['seed']}; {p['metric']}. 95% bootstrap interval for the random group "
         f"({p['n_boot']} resamples). Seconds are training time per fold on that machine (other work ran beside some "
         f"points: compare them roughly). Source: `{path.relative_to(PROJECT_ROOT).as_posix()}`.", "",
         table(["recipe", "model", "size", "random", "white", "black", "asian", "indian", "other", "worst race",
                "test-time aug.", "s per fold", "img/s"], rows), ""])
 
 
-def rerun_section(old_path: Path, report_dir: Path) -> str:
-    """The previous CPU k-fold set (original recipe) against the same study with the strong recipe:
-    the same folds, epochs, schedule and configurations, per group and configuration, with the time."""
-    old = json.loads(old_path.read_text())
-    new = json.loads(StudyLayout(report_dir).report_json.read_text())
-    levels = new["tests"]["kfold"]["levels"]
-    tags = [c["tag"] for c in old["configs"] if c["tag"] in levels]
+def rerun_section(pairs: list[tuple[Path, Path]]) -> str:
+    """The previous CPU set (original recipe) against the same study with the strong recipe: the same
+    folds, epochs, schedule, test faces and configurations, per group and configuration, with the time."""
+    parts = ["## The strong recipe against the previous CPU set", ""]
+    for old_path, report_dir in pairs:
+        old = json.loads(old_path.read_text())
+        new = json.loads(StudyLayout(report_dir).report_json.read_text())
+        test = old["test"]
+        levels = new["tests"][test]["levels"]
+        tags = [c["tag"] for c in old["configs"] if c["tag"] in levels]
+        rows = []
+        for g in ("random", "white", "black", "asian", "indian", "other"):
+            cells = []
+            for t in tags:
+                before = next(c for c in old["configs"] if c["tag"] == t)["top1"][g]
+                after = levels[t][f"top1 {g}"]["value"]
+                cells.append(f"{pct(before)} → {pct(after)} ({100 * (after - before):+.1f})")
+            rows.append([g, *cells])
+        s, o = new["settings"], old["settings"]
+        tested = new["tests"][test]["faces"]["tested"]
+        flags = f" --test {test} --test_per_cell {s['test_per_cell']} --test_random {s['test_random']}" \
+            if test == "balanced" else ""
+        parts += [
+            f"### {test} test", "",
+            f"The {test} CPU set of 2026-11-27 (original recipe, `{o['model']}`, {o['image_size']} px, {o['epochs']} "
+            f"epochs per stage with `--slice_epochs full`, {o['folds']} folds, all faces; "
+            f"`{old_path.relative_to(PROJECT_ROOT).as_posix()}`) rerun with the same folds, epochs, schedule, "
+            f"test protocol ({tested:,} test faces over the folds) and configurations, and the strong recipe (`{s['model']}`, one "
+            f"training seed): `python3 study.py --preset cpu --epochs {s['epochs']} --slice_epochs {s['slice_epochs']} "
+            f"--no_control --sample {s['sample']}{flags} --name {s['name']}` (report: "
+            f"`{StudyLayout(report_dir).report_md.relative_to(PROJECT_ROOT).as_posix()}`). Top-1 in %, before → after "
+            "(change in points):", "",
+            table(["group", *tags], rows), "",
+            f"Time on the 2-core machine: {old['seconds_total'] / 60:.0f} min for the previous set (training, "
+            f"evaluation, unlearning), {new['seconds_total'] / 60:.0f} min for the rerun (the same, plus the second "
+            "evaluation after unlearning and the report).", ""]
+    return "\n".join(parts)
+
+
+def fresh_clone_section(paths: list[Path]) -> str:
+    """The quick start timed from fresh clones (benchmarks/fresh_clone.py)."""
     rows = []
-    for g in ("random", "white", "black", "asian", "indian", "other"):
-        cells = []
-        for t in tags:
-            before = next(c for c in old["configs"] if c["tag"] == t)["top1"][g]
-            after = levels[t][f"top1 {g}"]["value"]
-            cells.append(f"{pct(before)} → {pct(after)} ({100 * (after - before):+.1f})")
-        rows.append([g, *cells])
-    s = new["settings"]
-    new_total = new["seconds_total"]
+    for p in paths:
+        d = json.loads(p.read_text())
+        b, c = d["baseline_random_top1"], d["control_gap_change"]
+        rows.append([d["date"], f"`{d['commit'][:7]}`", d["machine"]["device"], f"{d['study_wall_s'] / 60:.1f} min",
+                     f"{pct(b['value'])} {interval(b['ci_low'], b['ci_high'])}",
+                     f"{chg(c['change'])} {interval(c['ci_low'], c['ci_high'], True)} {c['verdict']}" if c else "–",
+                     f"`{p.relative_to(PROJECT_ROOT).as_posix()}`"])
     return "\n".join([
-        "## The strong recipe against the previous CPU set", "",
-        f"The k-fold CPU set of 2026-11-27 (original recipe, `cnn`, {old['settings']['epochs']} epochs per stage with "
-        f"`--slice_epochs full`, {old['settings']['folds']} folds, all faces; `{old_path.relative_to(PROJECT_ROOT).as_posix()}`) "
-        f"rerun with the same folds, epochs, schedule and configurations and the strong recipe (`{s['model']}`): "
-        f"`python3 study.py --preset cpu --epochs {s['epochs']} --slice_epochs {s['slice_epochs']} --no_control "
-        f"--sample {s['sample']} --name {s['name']}` (report: `{StudyLayout(report_dir).report_md.relative_to(PROJECT_ROOT).as_posix()}`). "
-        f"Top-1 in %, before → after (change in points):", "",
-        table(["group", *tags], rows), "",
-        f"Time on the 2-core machine: {old['seconds_total'] / 60:.0f} min for the previous set (training, evaluation, "
-        f"unlearning), {new_total / 60:.0f} min for the rerun (the same, plus the second evaluation after unlearning "
-        "and the report).", ""])
+        "## The quick start, timed from fresh clones", "",
+        "`./setup.sh && .venv/bin/python study.py` in a new clone (`python3 benchmarks/fresh_clone.py`): the wall "
+        "time of `study.py` (its preset chosen by `auto`; `setup.sh` not included), the report's baseline top-1 "
+        "(random group, %) and the positive control's change of the gap (points).", "",
+        table(["date", "commit", "machine", "study.py wall time", "baseline random", "control: change of the gap",
+               "source"], rows), ""])
 
 
 def old_gpu_section(paths: list[Path]) -> str:
@@ -128,12 +204,20 @@ def study_section(report_dir: Path) -> str:
 
 def build(root: Path = PROJECT_ROOT, sources: dict = RESULTS_SOURCES) -> str:
     parts = [INTRO]
+    present = [root / d for d in [*sources["reports"], *(new for _, new in sources["recipe_reruns"])]
+               if StudyLayout(root / d).report_json.exists()]
+    if present:
+        parts.append(summary_section(present))
     for d in sources["reports"]:
         if StudyLayout(root / d).report_json.exists():
             parts.append(study_section(root / d))
-    old, rerun = sources["recipe_rerun"]
-    if StudyLayout(root / rerun).report_json.exists():
-        parts.append(rerun_section(root / old, root / rerun))
+    reruns = [(root / old, root / new) for old, new in sources["recipe_reruns"]
+              if StudyLayout(root / new).report_json.exists()]
+    if reruns:
+        parts.append(rerun_section(reruns))
+    clones = sorted(root.glob(sources["fresh_clones"]))
+    if clones:
+        parts.append(fresh_clone_section(clones))
     if (root / sources["recipes"]).exists():
         parts.append(recipes_section(root / sources["recipes"]))
     parts.append(old_gpu_section([root / p for p in sources["gpu_2026_11_27"]]))

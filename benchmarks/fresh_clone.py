@@ -1,0 +1,89 @@
+"""Time the quick start as a new user meets it: clone, ./setup.sh, `.venv/bin/python study.py`.
+
+    python3 benchmarks/fresh_clone.py --dest ../fresh2 --out benchmarks/results/fresh-clone-cpu-DATE-run2.json
+    python3 benchmarks/fresh_clone.py --record ../fresh1 --out ...   # record a clone already timed
+
+The clone must sit where `setup.sh` finds the data (beside `../shared`, or with $UTKFACE_DIR set).
+The study runs under `/usr/bin/time -v` (its output in <dest>/study-time.txt); the JSON written holds
+the wall time of the study command (setup.sh not included), the commit, the machine, and what its
+report says (total seconds, baseline random top-1 with its interval, the positive control's verdict).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sh(cmd: list[str], cwd: Path, log: Path) -> None:
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        sys.exit(f"fresh_clone: {' '.join(cmd)} failed ({proc.returncode}); see {log}")
+
+
+def wall_seconds(time_file: Path) -> float:
+    m = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", time_file.read_text())
+    if not m:
+        sys.exit(f"fresh_clone: no wall time in {time_file} (was the study run under /usr/bin/time -v?)")
+    parts = [float(p) for p in m.group(1).split(":")]
+    return sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+
+
+def record(dest: Path, out: Path) -> dict:
+    report = json.loads((dest / "reports" / "cpu" / "report.json").read_text())
+    kfold = report["tests"]["kfold"]
+    base = kfold["levels"]["baseline"]["top1 random"]
+    control = next((c for c in kfold["contrasts"].get("control vs uniform", []) if c["statistic"].startswith("gap")),
+                   None)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=dest, capture_output=True, text=True).stdout.strip()
+    data = {
+        "what": "fresh clone: ./setup.sh, then `.venv/bin/python study.py` timed (setup.sh not included)",
+        "date": time.strftime("%Y-%m-%d", time.localtime((dest / "study-time.txt").stat().st_mtime)),
+        "commit": commit,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": report["machine"]["device"]},
+        "study_wall_s": wall_seconds(dest / "study-time.txt"),
+        "report_seconds_total": report["seconds_total"],
+        "preset": report["settings"]["preset"],
+        "baseline_random_top1": base,
+        "control_gap_change": control,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    return data
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dest", type=Path, help="clone here (must not exist) and time the quick start")
+    p.add_argument("--record", type=Path, help="only record a clone timed before (its study-time.txt and report)")
+    p.add_argument("--source", default=str(ROOT), help="what to clone (default: this repository)")
+    p.add_argument("--out", type=Path, required=True, help="the JSON to write")
+    a = p.parse_args(argv)
+    if bool(a.dest) == bool(a.record):
+        p.error("give exactly one of --dest and --record")
+    dest = (a.dest or a.record).resolve()
+    if a.dest:
+        if dest.exists():
+            p.error(f"{dest} exists; give a new folder")
+        sh(["git", "clone", "-q", a.source, str(dest)], ROOT, Path(f"{dest}.clone.log"))
+        sh(["./setup.sh"], dest, dest / "setup-output.txt")
+        sh(["/usr/bin/time", "-v", "-o", "study-time.txt", ".venv/bin/python", "study.py"], dest,
+           dest / "study-output.txt")
+    d = record(dest, a.out)
+    b = d["baseline_random_top1"]
+    print(f"study.py in {d['study_wall_s'] / 60:.1f} min wall; baseline random {100 * b['value']:.1f}% "
+          f"[{100 * b['ci_low']:.1f}, {100 * b['ci_high']:.1f}]; wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
