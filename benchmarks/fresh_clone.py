@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from sisa.layout import StudyLayout  # noqa: E402
 
 
 def sh(cmd: list[str], cwd: Path, log: Path) -> None:
@@ -39,7 +41,7 @@ def wall_seconds(time_file: Path) -> float:
 
 
 def record(dest: Path, out: Path) -> dict:
-    report = json.loads((dest / "reports" / "cpu" / "report.json").read_text())
+    report = json.loads(StudyLayout(dest / "reports" / "cpu").report_json.read_text())
     kfold = report["tests"]["kfold"]
     base = kfold["levels"]["baseline"]["top1 random"]
     control = next((c for c in kfold["contrasts"].get("control vs uniform", []) if c["statistic"].startswith("gap")),
