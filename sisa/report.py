@@ -81,7 +81,9 @@ def render(r: dict, figure_prefix: str = "", heading: int = 1) -> str:
     for test, t in r["tests"].items():
         parts += [f"{h}# {TEST_TITLES.get(test, test).capitalize()}", "",
                   f"{t['faces']['tested']:,} test faces over {t['faces']['folds']} fold(s): "
-                  + ", ".join(f"{n:,} {race}" for race, n in t["faces"]["per_race"].items()) + ".", ""]
+                  + ", ".join(f"{n:,} {race}" for race, n in t["faces"]["per_race"].items()) + "."
+                  + (f" Each fold's models train on the other folds' faces ({t['faces']['folds'] - 1}/"
+                     f"{t['faces']['folds']} of them)." if test == "kfold" and t["faces"]["folds"] > 1 else ""), ""]
         parts += answer(t, h) + control(t, h, s["control_race"]) + accuracy(r, t, h) + versus_baseline(t, h) + after(t, h)
         parts += aggregations(t, h) + costs(t, s, h) + composition(r, t, h) + collapsed(t, h)
         parts += [f"{h}## Figures", ""] + [f"![{k}]({figure_prefix}{v})" for k, v in r["figures"].get(test, {}).items()] + [""]
