@@ -60,3 +60,29 @@ def test_the_engine_check_says_it_needs_a_gpu(tmp_path):
         pytest.skip("a CUDA GPU is here: gpu_check.sh runs the real check")
     proc = run_script("benchmarks/engine_check.py", "--out", tmp_path / "x.json", check=False, no_progress=False)
     assert proc.returncode == 2 and "needs a CUDA GPU" in proc.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_fresh_clone_records_the_timed_study_and_its_report(tmp_path):
+    """The quick-start timer reads /usr/bin/time's output and the clone's report (here: the committed CPU study)."""
+    import shutil
+    import subprocess
+    import sys
+    from sisa.layout import PROJECT_ROOT, StudyLayout
+    from pathlib import Path
+    if not Path("/usr/bin/time").exists():
+        pytest.skip("no /usr/bin/time")
+    report = StudyLayout(PROJECT_ROOT / "reports" / "cpu").report_json
+    dest = tmp_path / "clone"
+    StudyLayout(dest / "reports" / "cpu").report_json.parent.mkdir(parents=True)
+    shutil.copy(report, StudyLayout(dest / "reports" / "cpu").report_json)
+    subprocess.run(["/usr/bin/time", "-v", "-o", "study-time.txt", sys.executable, "-c", "import time; time.sleep(1.2)"],
+                   cwd=dest, check=True)
+    out = tmp_path / "clone.json"
+    run_script("benchmarks/fresh_clone.py", "--record", dest, "--out", out, no_progress=False)
+    d = json.loads(out.read_text())
+    assert 1.2 <= d["study_wall_s"] < 60
+    truth = json.loads(report.read_text())
+    assert d["baseline_random_top1"] == truth["tests"]["kfold"]["levels"]["baseline"]["top1 random"]
+    assert d["control_gap_change"]["verdict"] == "widened" and d["preset"] == "cpu"
+    bad = run_script("benchmarks/fresh_clone.py", "--out", out, check=False, no_progress=False)
+    assert bad.returncode != 0 and "exactly one of --dest and --record" in bad.stderr
