@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .layout import PROJECT_ROOT, StudyLayout
-from .report import chg, interval, pct, render, secs, table
+from .report import chg, find, interval, pct, render, secs, table
 
 # The committed sets, in the order RESULTS.md shows them.
 RESULTS_SOURCES = {
@@ -38,10 +38,6 @@ of every run, so any other contrast can be computed without retraining.
 """
 
 
-def _c(cs: list[dict], run: str, prefix: str) -> dict:
-    return next(c for c in cs if c["run"] == run and c["statistic"].startswith(prefix))
-
-
 def _fmt(c: dict) -> str:
     return f"{chg(c['change'])} points {interval(c['ci_low'], c['ci_high'], True)}, {c['verdict']}"
 
@@ -57,15 +53,15 @@ def summary_section(report_dirs: list[Path]) -> str:
                      f"configuration)")
             cs = t["contrasts"]
             lv = t["levels"]
-            worst = _c(cs["placement vs uniform"], "few-shards", "worst")["statistic"].split("(")[1].split(")")[0]
+            worst = find(cs["placement vs uniform"], "few-shards", "worst")["statistic"].split("(")[1].split(")")[0]
             lines.append(f"- **{where}.** Placement versus uniform SISA, the change of the gap between the other races "
-                         f"and {worst}: few shards {_fmt(_c(cs['placement vs uniform'], 'few-shards', 'gap'))}; later "
-                         f"slices {_fmt(_c(cs['placement vs uniform'], 'later-slices', 'gap'))}.")
+                         f"and {worst}: few shards {_fmt(find(cs['placement vs uniform'], 'few-shards', 'gap'))}; later "
+                         f"slices {_fmt(find(cs['placement vs uniform'], 'later-slices', 'gap'))}.")
             if "control vs uniform" in cs:
                 lines.append(f"  The positive control (every {s['control_race']} training face given a random age class): "
-                             f"{_fmt(_c(cs['control vs uniform'], 'control', 'gap'))}; its {s['control_race']} accuracy "
-                             f"{_fmt(_c(cs['control vs uniform'], 'control', 'worst'))}.")
-            base = _c(cs["vs baseline"], "uniform", "worst")
+                             f"{_fmt(find(cs['control vs uniform'], 'control', 'gap'))}; its {s['control_race']} accuracy "
+                             f"{_fmt(find(cs['control vs uniform'], 'control', 'worst'))}.")
+            base = find(cs["vs baseline"], "uniform", "worst")
             lines.append(f"  Accuracy (random group): baseline {pct(lv['baseline']['top1 random']['value'])}%, uniform "
                          f"{pct(lv['uniform']['top1 random']['value'])}%; SISA costs the baseline's worst race "
                          f"{_fmt(base)} (uniform − baseline).")
@@ -108,7 +104,7 @@ def recipes_section(path: Path) -> str:
 
 def rerun_section(pairs: list[tuple[Path, Path]]) -> str:
     """The previous CPU set (original recipe) against the same study with the strong recipe: the same
-    folds, epochs, schedule, test faces and configurations, per group and configuration, with the time."""
+    folds, epochs, schedule, test protocol and configurations, per group and configuration, with the time."""
     parts = ["## The strong recipe against the previous CPU set", ""]
     for old_path, report_dir in pairs:
         old = json.loads(old_path.read_text())
@@ -133,8 +129,8 @@ def rerun_section(pairs: list[tuple[Path, Path]]) -> str:
             f"The {test} CPU set of 2026-11-27 (original recipe, `{o['model']}`, {o['image_size']} px, {o['epochs']} "
             f"epochs per stage with `--slice_epochs full`, {o['folds']} folds, all faces; "
             f"`{old_path.relative_to(PROJECT_ROOT).as_posix()}`) rerun with the same folds, epochs, schedule, "
-            f"test protocol ({tested:,} test faces over the folds) and configurations, and the strong recipe (`{s['model']}`, one "
-            f"training seed): `python3 study.py --preset cpu --epochs {s['epochs']} --slice_epochs {s['slice_epochs']} "
+            f"test protocol ({tested:,} test faces over the folds) and configurations, and the strong recipe (`{s['model']}`, "
+            f"{s['seeds']} training seed(s)): `python3 study.py --preset cpu --epochs {s['epochs']} --slice_epochs {s['slice_epochs']} "
             f"--no_control --sample {s['sample']}{flags} --name {s['name']}` (report: "
             f"`{StudyLayout(report_dir).report_md.relative_to(PROJECT_ROOT).as_posix()}`). Top-1 in %, before → after "
             "(change in points):", "",
