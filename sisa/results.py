@@ -18,11 +18,11 @@ from .report import chg, find, interval, pct, render, secs, table
 
 # The committed sets, in the order RESULTS.md shows them.
 RESULTS_SOURCES = {
-    "reports": ["reports/cpu"],
+    "reports": ["reports/published/cpu"],
     # the previous CPU set (original recipe) and its rerun with the strong recipe, per test kind
-    "recipe_reruns": [("benchmarks/results/cpu-study-all-2026-11-27/study-kfold.json", "reports/cpu-e6-full"),
+    "recipe_reruns": [("benchmarks/results/cpu-study-all-2026-11-27/study-kfold.json", "reports/published/cpu-e6-full"),
                       ("benchmarks/results/cpu-study-all-2026-11-27/study-balanced.json",
-                       "reports/cpu-e6-full-balanced")],
+                       "reports/published/cpu-e6-full-balanced")],
     "recipes": "benchmarks/results/recipes-cpu-2026-11-29.json",
     "fresh_clones": "benchmarks/results/fresh-clone-cpu-*.json",
     "gpu_2026_11_27": ["benchmarks/results/h200-2026-11-27/study-baseline-uniform.json",
@@ -31,7 +31,7 @@ RESULTS_SOURCES = {
 
 INTRO = """# Results: does SISA unlearning with likelihood-based placement change fairness?
 
-Made by `python3 -m sisa.results --out RESULTS.md` from the committed study reports (`reports/`) and
+Made by `python3 -m sisa.results --out RESULTS.md` from the committed study reports (`reports/published/`) and
 benchmark files (`benchmarks/results/`); a test checks that this file matches them. Every study below
 is one command (`study.py`, shown with each); its report folder also holds the per-face predictions
 of every run, so any other contrast can be computed without retraining.
@@ -195,7 +195,7 @@ def study_section(report_dir: Path) -> str:
         command.append(f"--test {'both' if len(s['tests']) > 1 else s['tests'][0]}")
     body = render(data, figure_prefix=f"{report_dir.relative_to(PROJECT_ROOT).as_posix()}/", heading=2)
     md = StudyLayout(report_dir).report_md.relative_to(PROJECT_ROOT).as_posix()
-    return body.replace("\n", f"\n\n`{' '.join(command)}` (report: `{md}`)\n", 1)
+    return body.replace("\n", f"\n\n`{' '.join(command)}` writes `reports/{s['name']}/` (the committed report: `{md}`)\n", 1)
 
 
 def build(root: Path = PROJECT_ROOT, sources: dict = RESULTS_SOURCES) -> str:
