@@ -104,11 +104,13 @@ def original_style(images: np.ndarray, labels: np.ndarray, model_name: str, dev:
 
 
 def ours(images: torch.Tensor, labels: torch.Tensor, model_name: str, dev: torch.device, shards: int, batch: int,
-         steps: int, variant: str = "eager") -> float:
+         steps: int, variant: str = "eager", fell_back: dict | None = None) -> float:
     """This project's step: device-resident uint8 faces, batched augmentation, S shard models in turn.
 
     variant: eager (train.py's eager engine), graphed (its graphs engine: one GraphStep per shard),
-    graphed_fold (all shards' steps in one CUDA graph), compiled (torch.compile reduce-overhead)."""
+    graphed_fold (all shards' steps in one CUDA graph), compiled (torch.compile reduce-overhead).
+    A graphed variant whose capture fails runs eagerly, as train.py does; `fell_back[variant]` then
+    says why, so the number is never reported as a graph's."""
     amp = dev.type == "cuda"
     gen = torch.Generator(device=dev).manual_seed(0)
     capturable = variant in ("graphed", "graphed_fold")
@@ -130,6 +132,10 @@ def ours(images: torch.Tensor, labels: torch.Tensor, model_name: str, dev: torch
         def step():
             for g in graphs:
                 g(draw())
+        rate = timed(step, 3, steps, dev, shards * batch)
+        if fell_back is not None and not all(g.capture for g in graphs):
+            fell_back[variant] = "GraphStep's capture failed (see the warning); timed eagerly"
+        return rate
     elif variant == "graphed_fold":
         bodies = [GraphStep(m, o, images, labels, batch, augment, gen, ORIGINAL, amp, capture=False)
                   for m, o in zip(models, opts)]
@@ -145,14 +151,26 @@ def ours(images: torch.Tensor, labels: torch.Tensor, model_name: str, dev: torch
         for b in bodies:
             b.capture = True                      # inside the graph: no zero_grad, grads are overwritten
             b.optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(fold_graph):
+        try:
+            with torch.cuda.graph(fold_graph):
+                for b in bodies:
+                    b._body()
+        except RuntimeError as e:                 # as GraphStep does: one warning line, then eager bodies
+            reason = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)[:200]
+            print(f"warning: capturing the fold's graph failed ({reason}); timing the same bodies eagerly", flush=True)
+            if fell_back is not None:
+                fell_back[variant] = reason
+            fold_graph = None
             for b in bodies:
-                b._body()
+                b.capture = False
 
         def step():
             for b in bodies:
                 b.idx.copy_(draw())
-            fold_graph.replay()
+                if fold_graph is None:
+                    b._body()
+            if fold_graph is not None:
+                fold_graph.replay()
     else:
         def step():
             for m, o in zip(models, opts):
@@ -216,7 +234,11 @@ def main(argv=None) -> int:
                                                   ("compiled", (a.shards, a.batch, "compiled")),
                                                   ("ceiling_one_model_batch", (1, a.shards * a.batch, "eager"))):
                 try:
-                    r[f"{key}_img_per_s"] = ours(dimgs, dlabels, model_name, dev, shards, batch, steps, variant)
+                    fell_back = {}
+                    r[f"{key}_img_per_s"] = ours(dimgs, dlabels, model_name, dev, shards, batch, steps, variant,
+                                                 fell_back)
+                    if fell_back:
+                        r[f"{key}_fell_back_to_eager"] = fell_back[variant]
                     r[f"ratio_{key}_vs_original"] = r[f"{key}_img_per_s"] / r["original_img_per_s"]
                 except Exception as e:   # experimental levers: record why they failed, keep the rest
                     r[f"{key}_error"] = f"{type(e).__name__}: {e}"[:500]

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .inputs import normalise_
+from .inputs import constant, normalise_
 
 NOISE_STD = 0.15
 FILL = 0.5  # grey, in [0, 1] units, where the affine transform looks outside the image
@@ -43,6 +43,16 @@ ORIGINAL_SIZE = 200  # px: the face size the original's blur parameters were cho
 BLUR_KERNEL = (5, 9)  # the original's kernel at 200 px: width (x) 5, height (y) 9
 BLUR_SIGMA = (0.1, 5.0)  # the original's sigma range at 200 px
 MAX_TAPS = 9  # the largest blur kernel; smaller kernels are this one with the outer taps zeroed
+
+
+HUE_PRIMARIES = (0.0, 2.0, 4.0)  # where red, green and blue sit on the hue circle of six
+LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, the weights torchvision's rgb_to_grayscale uses
+
+
+def prepare_augment_constants(device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+    """Make the augmentations' constant tensors on `device` (before a CUDA graph captures them)."""
+    constant("hue-primaries", HUE_PRIMARIES, device, dtype, (1, 3, 1, 1))
+    constant("luma", LUMA, device, dtype, (3,))
 
 
 def blur_kernel(size: int) -> tuple[int, int, float, float]:
@@ -63,9 +73,9 @@ def shift_pixels(size: int, fraction: float) -> int:
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
-    # ITU-R 601 luma, the weights torchvision's rgb_to_grayscale uses. (B,3,H,W) -> (B,1,H,W)
+    # (B,3,H,W) -> (B,1,H,W), with the LUMA weights as Python numbers (no tensor to make)
     r, g, b = x.unbind(1)
-    return (0.2989 * r).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(1)
+    return (LUMA[0] * r).add_(g, alpha=LUMA[1]).add_(b, alpha=LUMA[2]).unsqueeze(1)
 
 
 def _shift_hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
@@ -84,7 +94,7 @@ def _shift_hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
     h = h.div_(chroma.clamp(min=1e-12)).add_(6.0 * hue.view(-1, 1, 1)).remainder_(6.0)  # (B, H, W) in [0, 6)
     # HSV -> RGB: channel = v - chroma * clamp(d - 1, 0, 1), d the distance around the circle of six
     # from the hue to that channel's primary c. For |h - c| < 6, d - 1 = 2 - ||h - c| - 3|.
-    primary = torch.tensor([0.0, 2.0, 4.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    primary = constant("hue-primaries", HUE_PRIMARIES, x.device, x.dtype, (1, 3, 1, 1))
     f = (h.unsqueeze(1) - primary).abs_().sub_(3.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)  # (B, 3, H, W)
     return f.mul_(-chroma.unsqueeze(1)).add_(v.unsqueeze(1))
 
@@ -100,7 +110,7 @@ def _colour_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Te
     # cost more in page faults than in arithmetic on a CPU.
     x = (x * per_sample(brightness)).clamp_(0.0, 1.0)
     # Contrast blends towards the image's mean grey level: mean of the luma = luma of channel means.
-    luma = torch.tensor([0.2989, 0.587, 0.114], dtype=x.dtype, device=x.device)
+    luma = constant("luma", LUMA, x.device, x.dtype, (3,))
     mean = per_sample(x.mean(dim=(2, 3)) @ luma)  # (B, 1, 1, 1)
     c = per_sample(contrast)
     x = x.mul_(c).add_((1.0 - c) * mean).clamp_(0.0, 1.0)

@@ -12,10 +12,40 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def constant(name: str, values: tuple[float, ...], device: torch.device, dtype: torch.dtype,
+             shape: tuple[int, ...]) -> torch.Tensor:
+    """A small constant tensor, made once per (name, device, dtype) and reused.
+
+    Making a tensor from Python numbers is a host-to-device copy, which CUDA graph capture forbids:
+    the training step only reads constants made before capture (`prepare_constants`)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:      # "cuda" and "cuda:0" are one device, one key
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = (name, device, dtype)
+    t = _CONSTANTS.get(key)
+    if t is None:
+        t = _CONSTANTS[key] = torch.tensor(values, dtype=dtype, device=device).view(shape)
+    return t
+
+
+def prepare_constants(device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+    """Make every constant the training step and evaluation read, on `device`, before any capture."""
+    from .augment import prepare_augment_constants
+    _normalisation(device, dtype)
+    prepare_augment_constants(device, dtype)
+
+
+def _normalisation(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    return (constant("imagenet-mean", IMAGENET_MEAN, device, dtype, (1, 3, 1, 1)),
+            constant("imagenet-std", IMAGENET_STD, device, dtype, (1, 3, 1, 1)))
+
+
 def normalise_(x: torch.Tensor) -> torch.Tensor:
     """ImageNet normalisation of (B,3,H,W) in [0,1], in place."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    mean, std = _normalisation(x.device, x.dtype)
     return x.sub_(mean).div_(std)
 
 
