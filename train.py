@@ -49,9 +49,11 @@ def main(argv: list[str] | None = None) -> int | None:
             if world.rank == 0:
                 print(f"dry run: wrote {exp.layout.root} (config.json, run.json, skipped.csv, fold-*/partition.csv)")
             return distributed.teardown(world)
-        from sisa.training import resolve_weights, train_run
+        from sisa.device import resolve_device
+        from sisa.training import resolve_weights, run_precision, train_run
         if world.rank == 0:
             resolve_weights(exp)                   # recorded once, before any rank builds a model
+            run_precision(exp, opts.precision, resolve_device(opts.device))   # likewise the precision
         world.barrier()
         if world.rank != 0:
             exp = open_run(layout, opts)

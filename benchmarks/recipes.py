@@ -2,6 +2,7 @@
 
     python3 benchmarks/recipes.py --ablations                       # the published grid (about 40 min on 2 cores)
     python3 benchmarks/recipes.py --grid strong:cnn-max:32 original:cnn:32 --folds_run 1   # a quick look
+    python3 benchmarks/recipes.py --grid strong:cnn-max:32:fp32 strong:cnn-max:32:bf16    # precision
 
 Protocol: the monolithic 1x1 baseline of the study (`train.py --num_shards 1 --num_slices 1 --strategy
 random-kfold`), on all faces, k-fold test (every face of the run's folds tested once by the model that
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sisa import stats  # noqa: E402
 from sisa.config import RunConfig  # noqa: E402
 from sisa.data import AGE_CLASSES, load_faces  # noqa: E402
-from sisa.device import device_name, resolve_device  # noqa: E402
+from sisa.device import PRECISIONS, bf16_native, cpu_flags, device_name, resolve_device, resolve_precision  # noqa: E402
 from sisa.engine import StagePlan, train_stage  # noqa: E402
 from sisa.experiment import versions  # noqa: E402
 from sisa.inputs import mirror, to_input  # noqa: E402
@@ -52,19 +53,22 @@ ABLATIONS = {   # the strong recipe with one choice undone, at cnn-max 32 px
 }
 
 
-def parse_point(text: str) -> tuple[str, str, int]:
-    recipe, model, size = text.split(":")
-    return recipe, model, int(size)
+def parse_point(text: str) -> tuple[str, str, int, str]:
+    """RECIPE:MODEL:SIZE[:PRECISION] (precision fp32, bf16 or auto; default: --precision)."""
+    parts = text.split(":")
+    return parts[0], parts[1], int(parts[2]), (parts[3] if len(parts) > 3 else "")
 
 
 @torch.no_grad()
-def logits_of(model: torch.nn.Module, images: torch.Tensor, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def logits_of(model: torch.nn.Module, images: torch.Tensor, rows: np.ndarray,
+              precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     plain, flipped = [], []
     for idx in torch.as_tensor(rows).split(512):
         x = to_input(images[idx])
-        plain.append(model(x).float())
-        flipped.append(model(mirror(x)).float())
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            plain.append(model(x).float())
+            flipped.append(model(mirror(x)).float())
     return torch.cat(plain).numpy(), torch.cat(flipped).numpy()
 
 
@@ -92,7 +96,8 @@ def summarise(pred: pd.DataFrame, n_boot: int) -> dict:
             "per_class_random": {c: float(v) for c, v in zip(AGE_CLASSES, per_class)}}
 
 
-def run_point(recipe_name: str, model_name: str, size: int, a: argparse.Namespace, dev: torch.device) -> dict:
+def run_point(recipe_name: str, model_name: str, size: int, a: argparse.Namespace, dev: torch.device,
+              precision: str = "fp32") -> dict:
     recipe = ABLATIONS.get(recipe_name) or get_recipe(recipe_name)
     cfg = RunConfig(strategy="random-kfold", num_shards=1, num_slices=1, folds=a.folds, seed=a.seed,
                     image_size=size, model=model_name, recipe="original" if recipe.name == "original" else "strong",
@@ -111,18 +116,18 @@ def run_point(recipe_name: str, model_name: str, size: int, a: argparse.Namespac
         model, _ = build_model(model_name, "none", torch_seed(*cfg.init_keys(fold, 0)))
         model = model.to(dev, memory_format=torch.channels_last)
         opt = make_optimizer(model, recipe, recipe.lr)
-        plan = StagePlan(recipe, recipe.lr, a.epochs, a.batch_size, True)
+        plan = StagePlan(recipe, recipe.lr, a.epochs, a.batch_size, True, precision=precision)
         t, c = time.perf_counter(), time.process_time()
         res = train_stage(model, opt, images, labels, train, plan, cfg.stage_keys(fold, 0, 0))
         seconds += time.perf_counter() - t
         cpu_seconds += time.process_time() - c
         images_seen += len(train) * a.epochs
-        plain, flipped = logits_of(model, images, test)
+        plain, flipped = logits_of(model, images, test, precision)
         preds["none"].append(predictions(part, test, plain, fold))
         preds["flip"].append(predictions(part, test, (plain + flipped) / 2, fold))
-        print(f"  {recipe_name} {model_name} {size}px fold {fold}: {res.seconds:.0f} s, loss {res.epochs[-1]['loss']:.3f}",
+        print(f"  {recipe_name} {model_name} {size}px {precision} fold {fold}: {res.seconds:.0f} s, loss {res.epochs[-1]['loss']:.3f}",
               flush=True)
-    out = {"recipe": recipe_name, "model": model_name, "image_size": size, "epochs": a.epochs,
+    out = {"recipe": recipe_name, "model": model_name, "image_size": size, "precision": precision, "epochs": a.epochs,
            "folds_trained": a.folds_run or a.folds, "folds": a.folds, "train_faces_per_fold": int(len(train)),
            "training_seconds": seconds, "training_cpu_seconds": cpu_seconds,
            "images_per_s": images_seen / seconds, "recipe_settings": dataclasses.asdict(recipe),
@@ -143,7 +148,7 @@ def figure(points: list[dict], path: Path) -> None:
         x, y = p["training_seconds"] / p["folds_trained"], 100 * s["top1"]["random"]
         lo, hi = (100 * v for v in s["top1_ci"]["random"])
         ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], fmt="o", capsize=3)
-        ax.annotate(f"{p['recipe']} {p['model']} {p['image_size']}px", (x, y), fontsize=8, xytext=(5, 3),
+        ax.annotate(f"{p['recipe']} {p['model']} {p['image_size']}px {p.get('precision', 'fp32')}", (x, y), fontsize=8, xytext=(5, 3),
                     textcoords="offset points")
     ax.set_xlabel("training seconds per fold (this machine)")
     ax.set_ylabel("top-1, random group (%)")
@@ -154,7 +159,7 @@ def figure(points: list[dict], path: Path) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--grid", nargs="+", default=list(GRID), metavar="RECIPE:MODEL:SIZE",
+    p.add_argument("--grid", nargs="+", default=list(GRID), metavar="RECIPE:MODEL:SIZE[:PRECISION]",
                    help=f"points to measure (default {' '.join(GRID)})")
     p.add_argument("--ablations", action="store_true", help=f"also {', '.join(ABLATIONS)} with cnn-max at 32 px")
     p.add_argument("--epochs", type=int, default=6, help="epochs (default 6, the CPU study's)")
@@ -164,27 +169,32 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--n_boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="fp32 or bf16 autocast for every point without its own :PRECISION; auto: bf16 where the device "
+                        "has it in hardware (default auto)")
     p.add_argument("--data_dir", type=Path, default=DEFAULT_DATA)
     p.add_argument("--cache_dir", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/recipes-<date>.json)")
     a = p.parse_args(argv)
     dev = resolve_device(a.device)
     out = a.out or PROJECT_ROOT / "benchmarks" / "results" / f"recipes-{dt.date.today().isoformat()}.json"
-    grid = [parse_point(g) for g in a.grid] + ([(n, "cnn-max", 32) for n in ABLATIONS] if a.ablations else [])
-    res = {"device": device_name(dev), "date": dt.date.today().isoformat(), "versions": versions(),
+    grid = [parse_point(g) for g in a.grid] + ([(n, "cnn-max", 32, "") for n in ABLATIONS] if a.ablations else [])
+    res = {"device": device_name(dev), "cpu_flags": cpu_flags(), "bf16_in_hardware": bf16_native(dev),
+           "date": dt.date.today().isoformat(), "versions": versions(),
            "protocol": {"configuration": "1x1 baseline, random-kfold", "faces": "all", "folds": a.folds,
                         "folds_trained": a.folds_run or a.folds, "epochs": a.epochs, "batch_size": a.batch_size,
                         "seed": a.seed, "n_boot": a.n_boot, "weights": "none",
                         "metric": "top-1 = mean of the 7 age classes' accuracies; random = all test faces"},
            "points": []}
-    for recipe, model, size in grid:
-        print(f"== {recipe} {model} {size}px", flush=True)
-        res["points"].append(run_point(recipe, model, size, a, dev))
+    for recipe, model, size, precision in grid:
+        precision = resolve_precision(precision or a.precision, dev)
+        print(f"== {recipe} {model} {size}px {precision}", flush=True)
+        res["points"].append(run_point(recipe, model, size, a, dev, precision))
         write_json(out, res)              # after every point: a cut-off run keeps what it measured
     figure(res["points"], out.with_suffix(".png"))
     for q in res["points"]:
         s = q[f"tta_{q['tta_default']}"]
-        print(f"{q['recipe']:>13} {q['model']:>8} {q['image_size']:>3}px: random {100 * s['top1']['random']:.1f} "
+        print(f"{q['recipe']:>13} {q['model']:>8} {q['image_size']:>3}px {q.get('precision', 'fp32')}: random {100 * s['top1']['random']:.1f} "
               f"[{100 * s['top1_ci']['random'][0]:.1f}, {100 * s['top1_ci']['random'][1]:.1f}], worst race "
               f"{100 * s['worst_race']:.1f}, {q['training_seconds'] / q['folds_trained']:.0f} s per fold, "
               f"{q['images_per_s']:,.0f} img/s")

@@ -67,8 +67,11 @@ class Status:
     why: str = ""
 
 
-def status(path: Path, stage_hash: str | None = None) -> Status:
-    """Whether the checkpoint at `path` is complete, intact and (if given) trained on `stage_hash`."""
+def status(path: Path, stage_hash: str | None = None, verify: bool = True) -> Status:
+    """Whether the checkpoint at `path` is complete, intact and (if given) trained on `stage_hash`.
+
+    `verify=False` trusts the record's digest without reading the file (its size is still checked):
+    for estimates such as a progress bar's total, never before a checkpoint is used."""
     if not path.exists():
         return Status("missing", None, "not written yet")
     if not sidecar(path).exists():
@@ -79,7 +82,7 @@ def status(path: Path, stage_hash: str | None = None) -> Status:
         return Status("damaged", None, str(e))
     if record.get("format") != FORMAT or "digest" not in record:
         return Status("damaged", record, "unknown record format")
-    if path.stat().st_size != record["bytes"] or file_digest(path) != record["digest"]:
+    if path.stat().st_size != record["bytes"] or (verify and file_digest(path) != record["digest"]):
         return Status("damaged", record, "its bytes do not match the recorded digest (truncated or altered)")
     if stage_hash is not None and record.get("stage_hash") != stage_hash:
         return Status("stale", record, "it was trained on other faces than the partition assigns now")
@@ -107,11 +110,11 @@ def load_checkpoint(path: Path, cfg: RunConfig | None = None, stage_hash: str | 
 
 
 def shard_statuses(layout: RunLayout, part: pd.DataFrame, fold: int, shard: int, num_slices: int,
-                   pending: bool = False) -> list[Status]:
+                   pending: bool = False, verify: bool = True) -> list[Status]:
     """Status of every slice checkpoint of a shard (or of its pending copies) against the faces the
     partition assigns each stage now: the one check training, evaluation and unlearning share."""
     where = layout.pending_checkpoint if pending else layout.checkpoint
-    return [status(where(fold, shard, l), stage_hash(part, shard, l)) for l in range(num_slices)]
+    return [status(where(fold, shard, l), stage_hash(part, shard, l), verify) for l in range(num_slices)]
 
 
 def leading_ok(statuses: list[Status]) -> int:

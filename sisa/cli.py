@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import ENGINES, MODELS, PUT_IN, RECIPE_LR, RECIPE_NAMES, SLICE_EPOCHS, STRATEGIES, RunConfig
+from .device import PRECISIONS
 from .errors import SisaError
 from .experiment import Options
 from .layout import DEFAULT_CACHE, DEFAULT_CHECKPOINTS, DEFAULT_DATA, DEFAULT_SUMMARIES
@@ -117,11 +118,19 @@ def add_option_args(p: argparse.ArgumentParser, new_run: bool = True, engine: bo
         g.add_argument("--cache_dir", type=Path, default=None, help="decoded-image cache (default: the run's own, from run.json)")
     g.add_argument("--checkpoints_dir", type=Path, default=DEFAULT_CHECKPOINTS, help=f"where run folders live (default {DEFAULT_CHECKPOINTS})")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available (default auto)")
+    add_precision_arg(g)
     if new_run or engine:
         g.add_argument("--engine", choices=ENGINES, default="eager",
                        help="eager: every step launched from Python; graphs: each shard's step captured and replayed "
                             "as a CUDA graph (CUDA only; on a CPU it falls back to eager) (default eager)")
     g.add_argument("--no_progress", action="store_true", help="no progress bars (for logs)")
+
+
+def add_precision_arg(g) -> None:
+    g.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="fp32, or bf16 autocast; auto: training and unlearning keep the precision the run recorded, and "
+                        "otherwise bf16 where the device computes it in hardware (CUDA, CPUs with avx512_bf16 or AMX), "
+                        "else fp32 (default auto)")
 
 
 def add_summaries_arg(p: argparse.ArgumentParser) -> None:
@@ -141,7 +150,8 @@ def options_from_args(a: argparse.Namespace) -> Options:
     return Options(data_dir=a.data_dir, cache_dir=a.cache_dir,
                    checkpoints_dir=a.checkpoints_dir, strict_data=getattr(a, "strict_data", False),
                    overwrite=getattr(a, "overwrite", False), progress=not a.no_progress, device=a.device,
-                   engine=getattr(a, "engine", "eager"), wandb=getattr(a, "wandb", False))
+                   engine=getattr(a, "engine", "eager"), precision=getattr(a, "precision", "auto"),
+                   wandb=getattr(a, "wandb", False))
 
 
 def run_main(main: Callable[[list[str] | None], int | None], prog: str, argv: list[str] | None = None,

@@ -28,9 +28,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .augment import augment, flip_shift, shift_pixels
+from .augment import augment, flip_shift, prepare_augment_constants, shift_pixels
 from .data import AGE_CLASSES
-from .inputs import to_input
+from .device import resolve_precision
+from .inputs import normalisation, to_input
 from .recipe import Recipe, log_prior, loss_fn, lr_at
 from .seeding import torch_seed
 
@@ -46,6 +47,7 @@ class StagePlan:
     batch_size: int
     augment: bool = True
     engine: str = "eager"
+    precision: str = "auto"      # fp32 | bf16 (autocast) | auto: bf16 where the device has it in hardware
 
 
 @dataclass
@@ -108,6 +110,18 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torc
     return loss, logits
 
 
+def prepare_constants(device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+    """Make every constant tensor the training step reads (normalisation, augmentation) on `device`,
+    before any CUDA graph capture: inside one, making them would be a forbidden host-to-device copy."""
+    normalisation(device, dtype)
+    prepare_augment_constants(device, dtype)
+
+
+def stage_precision(plan: StagePlan, device: torch.device) -> str:
+    """The plan's precision, "auto" resolved for `device` (callers with a run resolve it once, with its record)."""
+    return plan.precision if plan.precision in ("fp32", "bf16") else resolve_precision(plan.precision, device)
+
+
 def stage_generators(keys: tuple, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
     """The stage's batch-order generator (CPU) and augmentation generator (on the device); seeds
     torch's global generators for dropout, which nn.Dropout draws from and cannot be handed one."""
@@ -128,7 +142,7 @@ def train_stage(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images
     `on_batch(faces)` and `on_epoch(record)` report progress. `graphs`: a dict the caller keeps per
     model for the graphs engine (a captured step is reused by the model's later stages)."""
     dev = images.device
-    amp = dev.type == "cuda"   # bf16 autocast on GPUs; the CPU stays fp32 (exact, reproducible)
+    amp = stage_precision(plan, dev) == "bf16"
     recipe, n = plan.recipe, len(rows)
     order_gen, aug_gen = stage_generators(keys, dev)
     result = StageResult(schedule={"kind": recipe.schedule, "step": 0, "total": 0})
@@ -262,7 +276,8 @@ class GraphStep:
         self.use_prior = bool(recipe.logit_adjust)
         self.loss_sum = torch.zeros((), device=dev)
         self.correct = torch.zeros((), dtype=torch.long, device=dev)
-        self.graph = None
+        self.graph, self._saved = None, None
+        prepare_constants(dev)         # the body only reads constants made now, outside any capture
 
     def bind(self, aug_gen: torch.Generator, prior: torch.Tensor | None) -> None:
         """Start a stage: the step's own generator (the one a graph registers) takes over the stage's
@@ -288,12 +303,31 @@ class GraphStep:
         self.loss_sum += loss.detach() * self.batch_size
         self.correct += (logits.argmax(1) == y).sum()
 
+    def _save(self) -> None:
+        """Keep copies of the model, optimizer and generator states (capture's warm-up trains)."""
+        self._saved = ({k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                       {id(p): {k: v.detach().clone() for k, v in s.items() if isinstance(v, torch.Tensor)}
+                        for p, s in self.optimizer.state.items()},
+                       self.aug_gen.get_state(),
+                       torch.cuda.get_rng_state(self.images.device) if self.images.is_cuda else None)
+
+    @torch.no_grad()
+    def _restore(self) -> None:
+        """Put back what _save kept, in place (the graph reads these addresses)."""
+        model, opt, gen_state, cuda_state = self._saved
+        for k, v in self.model.state_dict().items():
+            v.copy_(model[k])
+        for p, s in self.optimizer.state.items():
+            for k, v in s.items():
+                if isinstance(v, torch.Tensor):
+                    v.copy_(opt[id(p)][k])
+        self.aug_gen.set_state(gen_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state, self.images.device)
+
     def _capture(self) -> None:
         init_optimizer_state(self.optimizer)
-        saved_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        saved_opt = {id(p): {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
-                     for p, s in self.optimizer.state.items()}
-        gen_state, cuda_state = self.aug_gen.get_state(), torch.cuda.get_rng_state(self.images.device)
+        self._save()
         self.idx.copy_(torch.arange(self.batch_size, device=self.idx.device) % len(self.images))
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -302,27 +336,35 @@ class GraphStep:
                 self.optimizer.zero_grad(set_to_none=True)
                 self._body()
         torch.cuda.current_stream().wait_stream(side)
-        with torch.no_grad():                          # undo the warm-up, in place (addresses stay)
-            for k, v in self.model.state_dict().items():
-                v.copy_(saved_model[k])
-            for p, s in self.optimizer.state.items():
-                for k, v in s.items():
-                    if isinstance(v, torch.Tensor):
-                        v.copy_(saved_opt[id(p)][k])
-        self.aug_gen.set_state(gen_state)
-        torch.cuda.set_rng_state(cuda_state, self.images.device)
+        self._restore()                                # undo the warm-up
         self.graph = torch.cuda.CUDAGraph()
         self.graph.register_generator_state(self.aug_gen)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(self.graph):
             self._body()
         self.reset_sums()
+        self._saved = None
 
     def __call__(self, idx: torch.Tensor) -> None:
+        if self.capture and self.graph is None:
+            try:
+                self._capture()
+            except RuntimeError as e:   # a body this PyTorch or GPU cannot capture: train eagerly instead
+                self._fall_back(e)
         self.idx.copy_(idx)
         if not self.capture:
             self._body()
             return
-        if self.graph is None:
-            self._capture()
         self.graph.replay()
+
+    def _fall_back(self, error: RuntimeError) -> None:
+        """After a failed capture: the model, optimizer and generators as they were before it, and
+        the same body run eagerly from now on (one warning line)."""
+        import warnings
+        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        warnings.warn(f"CUDA graph capture failed ({first[:160]}); this shard model trains eagerly")
+        if self._saved is not None:
+            self._restore()
+        self.graph, self.capture, self._saved = None, False, None
+        self.reset_sums()        # the warm-up added to the sums; the first call of a stage comes before any other
+        self.reset_sums()

@@ -42,6 +42,7 @@ class Options:
     progress: bool = True
     device: str = "auto"
     engine: str = "eager"           # eager | graphs (CUDA graphs; see engine.py)
+    precision: str = "auto"         # auto | fp32 | bf16 (autocast); see device.resolve_precision
     wandb: bool = False
 
 

@@ -20,7 +20,7 @@ def constant(name: str, values: tuple[float, ...], device: torch.device, dtype: 
     """A small constant tensor, made once per (name, device, dtype) and reused.
 
     Making a tensor from Python numbers is a host-to-device copy, which CUDA graph capture forbids:
-    the training step only reads constants made before capture (`prepare_constants`)."""
+    the training step only reads constants made before capture (`engine.prepare_constants`)."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:      # "cuda" and "cuda:0" are one device, one key
         device = torch.device("cuda", torch.cuda.current_device())
@@ -31,21 +31,14 @@ def constant(name: str, values: tuple[float, ...], device: torch.device, dtype: 
     return t
 
 
-def prepare_constants(device: torch.device, dtype: torch.dtype = torch.float32) -> None:
-    """Make every constant the training step and evaluation read, on `device`, before any capture."""
-    from .augment import prepare_augment_constants
-    _normalisation(device, dtype)
-    prepare_augment_constants(device, dtype)
-
-
-def _normalisation(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def normalisation(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     return (constant("imagenet-mean", IMAGENET_MEAN, device, dtype, (1, 3, 1, 1)),
             constant("imagenet-std", IMAGENET_STD, device, dtype, (1, 3, 1, 1)))
 
 
 def normalise_(x: torch.Tensor) -> torch.Tensor:
     """ImageNet normalisation of (B,3,H,W) in [0,1], in place."""
-    mean, std = _normalisation(x.device, x.dtype)
+    mean, std = normalisation(x.device, x.dtype)
     return x.sub_(mean).div_(std)
 
 

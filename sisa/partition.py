@@ -170,21 +170,36 @@ def build_partition(table: pd.DataFrame, cfg: RunConfig, fold: int) -> pd.DataFr
     return part[COLUMNS + ["forgotten"]]
 
 
+def _cell_text(v) -> str:
+    return "" if pd.isna(v) else str(int(v)) if isinstance(v, (int, np.integer, float)) else str(v)
+
+
+def _column_text(part: pd.DataFrame, col: str) -> list[str]:
+    """Every value of a column as content_hash writes it; the same text whatever the dtypes."""
+    s = part[col]
+    if col == "knowledge":
+        return [f"{float(v):.12g}" for v in s.to_numpy(dtype=object)]   # immune to a last-digit CSV round trip
+    if col in ("high_likelihood", "requests_unlearning"):
+        return np.where(s.to_numpy(dtype=bool), "1", "0").tolist()
+    if pd.api.types.is_integer_dtype(s.dtype):                            # int64 or nullable Int64: whole numbers
+        return s.astype("string").fillna("").tolist()
+    if pd.api.types.is_string_dtype(s.dtype) or s.dtype == object:
+        values = s.to_numpy(dtype=object)
+        missing = pd.isna(s).to_numpy()
+        if all(isinstance(v, str) for v in values[~missing]):             # plain text: as it is, NA empty
+            return np.where(missing, "", values).tolist()
+    return [_cell_text(v) for v in s.to_numpy(dtype=object)]             # anything else: value by value
+
+
 def content_hash(part: pd.DataFrame) -> str:
     """Hash of a partition's placement (everything but the `forgotten` column, which unlearning edits).
 
     Built from an explicit text form of every value, not from pandas' CSV writer, so the hash does
-    not depend on the pandas version or on the dtypes a reader chose.
+    not depend on the pandas version or on the dtypes a reader chose (whole numbers as integers,
+    missing values empty, the likelihood to 12 significant digits, flags as 0/1). Whole columns are
+    formatted at once: hashing every partition of a study value by value cost seconds per run.
     """
-    def text(col: str) -> list[str]:
-        values = part[col].to_numpy(dtype=object)
-        if col == "knowledge":
-            return [f"{float(v):.12g}" for v in values]   # immune to a last-digit CSV round trip
-        if col in ("high_likelihood", "requests_unlearning"):
-            return ["1" if bool(v) else "0" for v in values]
-        return ["" if pd.isna(v) else str(int(v)) if isinstance(v, (int, np.integer, float)) else str(v)
-                for v in values]
-    rows = zip(*(text(c) for c in COLUMNS))
+    rows = zip(*(_column_text(part, c) for c in COLUMNS))
     return sha256_bytes("\n".join(",".join(r) for r in rows).encode())
 
 

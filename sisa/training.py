@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoints
 from .config import RunConfig
-from .device import resolve_device
+from .device import resolve_device, resolve_precision
 from .distributed import World
 from .engine import (DivergedError, StagePlan, adopt_for_graphs, portable_optimizer_state, train_stage)
 from .errors import SisaError
@@ -33,7 +33,7 @@ from .model import build_model
 from .partition import stage_hash, stage_rows
 from .recipe import get_recipe, make_optimizer
 from .seeding import torch_seed
-from .store import append_line, write_json
+from .store import append_line, read_json, write_json
 
 
 def weights_arg(cfg: RunConfig, weights_used: str | None) -> str:
@@ -50,6 +50,22 @@ def new_model(cfg: RunConfig, weights_used: str, fold: int, shard: int, device: 
         raise SisaError(f"the run started from weights '{weights_used}' but '{used}' was loaded now; "
                         "restore the same weights file, or start a new run")
     return model.to(device, memory_format=torch.channels_last)
+
+
+def run_precision(exp: Experiment, asked: str, device: torch.device) -> str:
+    """The precision this process trains the run in (`--precision`, engine.StagePlan), recorded in
+    run.json the first time so that `auto` keeps a resumed or unlearned run in its own numerics.
+    Runs from before the flag existed trained in bf16 on CUDA and in fp32 on the CPU."""
+    recorded = exp.manifest.get("precision")
+    first = checkpoints.sidecar(exp.layout.checkpoint(0, 0, 0))
+    if recorded is None and first.exists():
+        rec = read_json(first)
+        recorded = rec.get("precision") or ("bf16" if str(rec.get("device", "")).startswith("cuda") else "fp32")
+    precision = resolve_precision(asked, device, recorded)
+    if exp.manifest.get("precision") is None:
+        exp.manifest["precision"] = recorded or precision
+        write_json(exp.layout.manifest, exp.manifest)
+    return precision
 
 
 def resolve_weights(exp: Experiment) -> str:
@@ -72,11 +88,13 @@ class Shard:
     graphs: dict | None = None         # the graphs engine's captured step for this model
 
 
-def completed_slices(exp: Experiment, fold: int, shard: int) -> int:
-    """How many leading stages of a shard have a valid checkpoint (damaged or stale ones are reported)."""
-    states = checkpoints.shard_statuses(exp.layout, exp.partitions[fold], fold, shard, exp.cfg.num_slices)
+def completed_slices(exp: Experiment, fold: int, shard: int, verify: bool = True) -> int:
+    """How many leading stages of a shard have a valid checkpoint (damaged or stale ones are reported).
+    `verify=False`: as their records say, without hashing the files (for estimates only)."""
+    states = checkpoints.shard_statuses(exp.layout, exp.partitions[fold], fold, shard, exp.cfg.num_slices,
+                                        verify=verify)
     done = checkpoints.leading_ok(states)
-    if done < len(states) and states[done].state in ("damaged", "stale"):
+    if verify and done < len(states) and states[done].state in ("damaged", "stale"):
         path = exp.layout.checkpoint(fold, shard, done)
         warnings.warn(f"checkpoint {path} is {states[done].state} ({states[done].why}); retraining from slice {done}")
     return done
@@ -106,11 +124,13 @@ class Trainer:
             torch.backends.cudnn.benchmark = True   # fixed shapes: let cuDNN pick its fastest kernels
         self.labels = torch.tensor(training_labels(exp.table, exp.cfg), device=self.device)   # (N,) int64
         self.bar, self.logger = bar, logger
-        self.amp = self.device.type == "cuda"   # bf16 autocast on GPUs; CPU stays fp32 (exact, reproducible)
+        self.precision = run_precision(exp, opts.precision, self.device)
+        self.threads = torch.get_num_threads()   # bit-identical results need the same thread count
         self.lr_tensor = torch.tensor(self.cfg.lr, device=self.device) if self.engine == "graphs" else None
 
     def describe(self) -> str:
-        return (f"training on {self.device} ({'bf16 autocast' if self.amp else 'fp32'}, {self.engine} engine), "
+        return (f"training on {self.device} ({'bf16 autocast' if self.precision == 'bf16' else 'fp32'}, "
+                f"{self.threads} thread(s), {self.engine} engine), "
                 f"recipe {self.recipe.name}")
 
     def restore(self, fold: int, shard: int, slice_: int, path=None) -> Shard:
@@ -135,7 +155,8 @@ class Trainer:
                     metrics_path) -> dict:
         """Run one slice stage in place on `state`; returns the stage's facts for its checkpoint record."""
         cfg = self.cfg
-        plan = StagePlan(self.recipe, cfg.lr, cfg.stage_epochs(slice_), cfg.batch_size, cfg.augment, self.engine)
+        plan = StagePlan(self.recipe, cfg.lr, cfg.stage_epochs(slice_), cfg.batch_size, cfg.augment, self.engine,
+                         self.precision)
 
         def on_epoch(rec: dict) -> None:
             rec = {"fold": fold, "shard": shard, "slice": slice_, **rec}
@@ -161,7 +182,7 @@ class Trainer:
                    "weights_used": self.exp.manifest["weights_used"], "stage_hash": digest}
         record = {"fold": fold, "shard": shard, "slice": slice_, "stage_hash": digest, "stage_faces": stats["faces"],
                   "epochs": stats["epochs"], "train_seconds": stats["seconds"], "device": str(self.device),
-                  "engine": self.engine}
+                  "engine": self.engine, "precision": self.precision, "threads": self.threads}
         checkpoints.save_checkpoint(path, payload, record)
 
     def run_shard(self, fold: int, shard: int, first: int, start_path=None, out_path=None,
@@ -188,11 +209,12 @@ def wandb_logger(exp: Experiment):
                                 if k in ("loss", "train_acc", "lr", "images_per_s")})
 
 
-def pending_stages(exp: Experiment, world: World = World()) -> list[tuple[int, int, int]]:
-    """(fold, shard, first incomplete slice) of this rank's share of the run's shards, all of them."""
+def pending_stages(exp: Experiment, world: World = World(), verify: bool = True) -> list[tuple[int, int, int]]:
+    """(fold, shard, first incomplete slice) of this rank's share of the run's shards, all of them.
+    `verify=False` reads the checkpoint records only (a progress bar's total), never hashing a file."""
     cfg = exp.cfg
     jobs = world.mine([(f, s) for f in range(cfg.folds) for s in range(cfg.num_shards)])
-    return [(f, s, completed_slices(exp, f, s)) for f, s in jobs]
+    return [(f, s, completed_slices(exp, f, s, verify)) for f, s in jobs]
 
 
 def train_run(exp: Experiment, opts: Options, world: World = World(), bar: tqdm | None = None) -> None:

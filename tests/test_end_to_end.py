@@ -22,8 +22,8 @@ def test_train_evaluate_unlearn_evaluate(faces_dir, cache_dir, tmp_path, monkeyp
     computed = []
     real = evaluation.shard_logits
     monkeypatch.setattr(evaluation, "shard_logits",
-                        lambda exp, fold, device, shards, mirrored: computed.append(list(shards)) or
-                        real(exp, fold, device, shards, mirrored))
+                        lambda exp, fold, device, shards, mirrored, precision: computed.append(list(shards)) or
+                        real(exp, fold, device, shards, mirrored, precision))
     sums = tmp_path / "sums"
     out, fair = evaluation.evaluate_run(exp.layout, opts, sums, n_boot=50)
     assert computed == [[0, 1]]                                    # both shards, once

@@ -1,6 +1,8 @@
 """The training core on real faces: pure stages, isolation, empty stages, the graphs engine's CPU
 stand-in and partial batches, and checkpoints that either engine loads."""
+import contextlib
 import copy
+import sys
 import warnings
 
 import numpy as np
@@ -138,3 +140,72 @@ def test_a_diverging_stage_raises(data):
     with warnings.catch_warnings(), pytest.raises(DivergedError):
         warnings.simplefilter("ignore")
         train_stage(model, opt, images, labels, np.arange(100), StagePlan(RECIPES["original"], 1e30, 2, 32), KEYS)
+
+
+@contextlib.contextmanager
+def python_data_forbidden():
+    """torch.tensor and torch.as_tensor of Python data raise when sisa's code calls them: the host-to-
+    device copy that CUDA graph capture forbids ("Cannot copy between CPU and CUDA tensors during CUDA
+    graph capture"), which a CPU run cannot otherwise see. PyTorch's own calls (the optimizer's) pass."""
+    def guard(real):
+        def call(data, *args, **kwargs):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if caller.startswith("sisa") and not isinstance(data, torch.Tensor):
+                raise RuntimeError(f"{caller} made a tensor from Python data inside the captured step")
+            return real(data, *args, **kwargs)
+        return call
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "tensor", guard(torch.tensor))
+        mp.setattr(torch, "as_tensor", guard(torch.as_tensor))
+        yield
+
+
+@pytest.mark.parametrize("recipe", ["original", "strong"])
+def test_the_captured_step_makes_no_tensor_from_python_data(data, recipe):
+    """Every recipe's graphs-engine body (indexing, augmentation, normalisation, forward, loss,
+    backward, step) reads only tensors made before capture (GraphStep makes its constants up front)."""
+    images, labels = data
+    model, opt = fresh(recipe)
+    step = GraphStep(model, opt, images, labels, 32, augmenter(RECIPES[recipe], True), torch.Generator(),
+                     RECIPES[recipe], False, capture=False)
+    with python_data_forbidden():
+        step(torch.arange(32))
+        step(torch.arange(32, 64))
+    assert torch.isfinite(step.loss_sum) and step.loss_sum > 0
+
+
+def test_a_failed_capture_falls_back_to_eager_with_one_warning(data):
+    """When capture fails (here: no GPU at all), the step warns once and trains eagerly, from the
+    state it had before the attempt: the stage equals the eager engine's bit for bit."""
+    images, labels = data
+    rows, plan = np.arange(10, 106), StagePlan(RECIPES["strong"], 2e-3, 2, 32)
+    eager_model, eager_opt = fresh()
+    eager = train_stage(eager_model, eager_opt, images, labels, rows, plan, KEYS)
+    model, opt = fresh()
+    graphs = {"step": GraphStep(model, opt, images, labels, 32, augmenter(RECIPES["strong"], True), torch.Generator(),
+                                RECIPES["strong"], False, capture=True)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = train_stage(model, opt, images, labels, rows, StagePlan(RECIPES["strong"], 2e-3, 2, 32, engine="graphs"),
+                          KEYS, graphs=graphs)
+    capture_warnings = [w for w in caught if "capture failed" in str(w.message)]
+    assert len(capture_warnings) == 1 and "trains eagerly" in str(capture_warnings[0].message)
+    assert same(weights(eager_model), weights(model))
+    assert [e["train_acc"] for e in res.epochs] == [e["train_acc"] for e in eager.epochs]
+
+
+def test_bf16_autocast_is_reproducible_and_really_used(data):
+    """A bf16 stage is a pure function of its start and faces, as fp32 is, and it computes other numbers
+    (bf16 is used, not silently fp32). Emulated on CPUs without bf16 instructions: the same numbers."""
+    images, labels = data
+    rows = np.arange(0, 96)
+    out = {}
+    for precision in ("bf16", "bf16", "fp32"):
+        model, opt = fresh()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            train_stage(model, opt, images, labels, rows, StagePlan(RECIPES["strong"], 2e-3, 1, 32, precision=precision),
+                        KEYS)
+        out.setdefault(precision, []).append(weights(model))
+    assert same(*out["bf16"])
+    assert not same(out["bf16"][0], out["fp32"][0])

@@ -209,3 +209,22 @@ def test_flip_test_time_augmentation_averages_the_logits_of_each_face_and_its_mi
     plain_pred = pd.read_csv(sums / "plain-predictions.csv")
     plain_ens = plain_pred[(plain_pred["fold"] == 0) & (plain_pred["model"] == "ensemble")].set_index("filename").loc[names]
     assert (plain_ens["pred1"].to_numpy() == np.argmax(plain.sum(0), axis=1)).all()
+
+
+@pytest.mark.parametrize("model_name", ["cnn-max", "resnet18"])
+def test_the_cpu_inference_copy_computes_the_models_logits(model_name):
+    """evaluate.py's frozen, fused copy of a model gives its logits (to float rounding) at every batch
+    size, the last partial batch included; in bf16 or off the CPU the model is used as it is."""
+    import torch
+    from sisa.evaluation import inference_model
+    from sisa.model import build_model
+    model, _ = build_model(model_name, "none", 3)
+    model = model.eval().to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 3, 32, 32, generator=gen).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        fast = inference_model(model, x, "fp32")
+        assert fast is not model
+        for batch in (x, x[:5].contiguous(memory_format=torch.channels_last)):
+            assert torch.allclose(fast(batch), model(batch), atol=1e-4, rtol=1e-4)
+        assert inference_model(model, x, "bf16") is model

@@ -69,10 +69,10 @@ def test_stages_are_cumulative_disjoint_and_fully_checkpointed(faces_dir, cache_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["original", "strong"])
-def test_killed_run_resumes_to_the_same_weights(faces_dir, cache_dir, tmp_path, recipe):
+@pytest.mark.parametrize("recipe,precision", [("original", "fp32"), ("strong", "fp32"), ("strong", "bf16")])
+def test_killed_run_resumes_to_the_same_weights(faces_dir, cache_dir, tmp_path, recipe, precision):
     flags = [*TINY_FLAGS, "--epochs", 3, "--image_size", 32, "--data_dir", faces_dir, "--cache_dir", cache_dir,
-             "--recipe", recipe]
+             "--recipe", recipe, "--precision", precision]
     run_script("train.py", *flags, "--checkpoints_dir", tmp_path / "whole")
     run = tmp_path / "killed" / "sorted-balanced-slice-2x2"
     proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "train.py"), *map(str, flags), "--no_progress",
@@ -88,8 +88,11 @@ def test_killed_run_resumes_to_the_same_weights(faces_dir, cache_dir, tmp_path, 
     assert first.exists() and not (run / "fold-0" / "shard-1" / "slice-1.json").exists()   # killed mid-run
     out = run_script("train.py", *flags, "--checkpoints_dir", tmp_path / "killed").stdout
     assert "resuming: " in out and "of 4 slice checkpoints complete" in out
+    assert f"({'bf16 autocast' if precision == 'bf16' else 'fp32'}, " in out          # the run log says which
+    assert json.loads((run / "run.json").read_text())["precision"] == precision
+    assert json.loads((run / "fold-0" / "shard-1" / "slice-1.json").read_text())["precision"] == precision
     for a, b in zip(final_weights(tmp_path / "whole" / "sorted-balanced-slice-2x2"), final_weights(run)):
-        assert all(torch.equal(a[k], b[k]) for k in a)           # bit-identical on CPU
+        assert all(torch.equal(a[k], b[k]) for k in a)           # bit-identical on CPU, at a fixed thread count
     # a third run has nothing left to do
     assert "nothing to train" in run_script("train.py", *flags, "--checkpoints_dir", tmp_path / "killed").stdout
 

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ import torch
 from helpers import error_line, run_script
 from sisa import checkpoints
 from sisa.config import RunConfig
+from sisa.device import bf16_native
 from sisa.experiment import Options, open_run, prepare
 from sisa.layout import PROJECT_ROOT, RunLayout
 from sisa.partition import read_partition, write_partition_csv
@@ -40,6 +42,18 @@ def trained_strong(faces_dir, cache_dir, tmp_path_factory):
     exp = prepare(RunConfig(**TINY, recipe="strong"),
                   Options(data_dir=faces_dir, cache_dir=cache_dir, checkpoints_dir=ck, progress=False))
     train_run(exp, Options(progress=False, device="cpu"))
+    return ck
+
+
+@pytest.fixture(scope="module")
+def trained_bf16(faces_dir, cache_dir, tmp_path_factory):
+    """The strong recipe in bf16 autocast (emulated on CPUs without bf16 instructions: slower, same numbers)."""
+    ck = tmp_path_factory.mktemp("trained-bf16")
+    exp = prepare(RunConfig(**TINY, recipe="strong"),
+                  Options(data_dir=faces_dir, cache_dir=cache_dir, checkpoints_dir=ck, progress=False))
+    with pytest.warns(UserWarning, match="emulated") if not bf16_native(torch.device("cpu")) else nullcontext():
+        train_run(exp, Options(progress=False, device="cpu", precision="bf16"))
+    assert json.loads((ck / NAME / "run.json").read_text())["precision"] == "bf16"
     return ck
 
 
@@ -90,14 +104,17 @@ def test_only_the_affected_shard_from_the_affected_slice_is_retrained(run, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["original", "strong"])
-def test_unlearning_is_exact(trained, trained_strong, recipe, tmp_path):
-    """The retrained shard equals that shard trained from scratch without the face, same seed."""
+@pytest.mark.parametrize("recipe", ["original", "strong", "strong-bf16"])
+def test_unlearning_is_exact(trained, trained_strong, trained_bf16, recipe, tmp_path):
+    """The retrained shard equals that shard trained from scratch without the face, same seed; a bf16
+    run is unlearned in bf16 (--precision auto keeps the run's recorded precision), and bit-exact too."""
     run = tmp_path / NAME
-    shutil.copytree((trained if recipe == "original" else trained_strong) / NAME, run)
+    shutil.copytree({"original": trained, "strong": trained_strong, "strong-bf16": trained_bf16}[recipe] / NAME, run)
     face = train_face(run, 0, 0)
     (tmp_path / "req.txt").write_text(face + "\n")
     unlearn(run, "--requests", tmp_path / "req.txt")
+    precisions = {json.loads(p.read_text())["precision"] for p in run.glob("fold-0/shard-*/slice-*.json")}
+    assert precisions == {"bf16" if recipe.endswith("bf16") else "fp32"}
     assert_equals_scratch(run, tmp_path)
 
 
