@@ -11,8 +11,9 @@ reports/<study>/report.md and report.json. Rerunning the same command continues 
 """
 from pathlib import Path
 
-from sisa.cli import Parser, count, positive_float, positive_int, run_main
+from sisa.cli import Parser, add_precision_arg, count, positive_float, positive_int, run_main
 from sisa.config import MODELS, RECIPE_NAMES, SLICE_EPOCHS
+from sisa.launch import LAUNCHERS
 from sisa.layout import DEFAULT_CACHE, DEFAULT_CHECKPOINTS, DEFAULT_DATA, DEFAULT_REPORTS, DEFAULT_SUMMARIES
 
 
@@ -58,12 +59,37 @@ def get_args_parser() -> Parser:
     w.add_argument("--summaries_dir", type=Path, default=DEFAULT_SUMMARIES, help=f"summaries (default {DEFAULT_SUMMARIES})")
     w.add_argument("--reports_dir", type=Path, default=DEFAULT_REPORTS, help=f"study folders (default {DEFAULT_REPORTS})")
     w.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available (default auto)")
+    add_precision_arg(w)
     w.add_argument("--engine", choices=("eager", "graphs"), default="eager",
                    help="training steps: eager, or graphs (CUDA graphs; falls back to eager on a CPU) (default eager)")
+    j = p.add_argument_group("jobs: runs side by side, or on a Slurm cluster (see docs/performance.md)")
+    j.add_argument("--jobs", type=jobs_arg, default=None, metavar="N|auto",
+                   help="runs at once as separate processes, torch threads split between them; 1: one after another "
+                        "in this process; auto: one per two cores as free memory allows (one at a time on a GPU), printed; "
+                        "with --launcher slurm every run is submitted and Slurm schedules them (default auto)")
+    j.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                   help="local: processes on this machine; slurm: one Slurm job per run through submitit; "
+                        "submitit-local: submitit's local executor, the Slurm path tried on this machine (default local)")
+    j.add_argument("--no_wait", action="store_true",
+                   help="with --launcher slurm: submit the runs and return; the same command again collects them "
+                        "(finished runs are never redone) and writes the report")
+    j.add_argument("--slurm_partition", default=None, help="Slurm partition of every job (default: the cluster's)")
+    j.add_argument("--gpus_per_job", type=count, default=0, help="GPUs per Slurm job (default 0)")
+    j.add_argument("--cpus_per_job", type=positive_int, default=4,
+                   help="CPUs per Slurm job, also its torch threads (default 4)")
+    j.add_argument("--mem_gb", type=positive_int, default=16, help="memory per Slurm job in GB (default 16)")
+    j.add_argument("--time_min", type=positive_int, default=240, help="time limit per Slurm job in minutes (default 240)")
+    j.add_argument("--slurm_extra", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="other submitit slurm_ parameters, e.g. account=myproj qos=normal (default none)")
     w.add_argument("--overwrite", action="store_true",
                    help="replace a study folder (and its runs) made with other settings instead of stopping")
     w.add_argument("--no_progress", action="store_true", help="no progress bar (one line per finished phase remains)")
     return p
+
+
+def jobs_arg(text: str) -> int | None:
+    """--jobs: a whole number >= 1, or auto (None: chosen from the machine)."""
+    return None if text == "auto" else positive_int(text)
 
 
 OVERRIDES = ("image_size", "model", "weights", "recipe", "epochs", "slice_epochs", "folds", "tests", "test_per_cell",
@@ -75,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     from sisa.device import resolve_device
     from sisa.experiment import Options
+    from sisa.errors import SisaError
+    from sisa.launch import SlurmOptions
     from sisa.study import Study, choose_preset, resolve_settings
 
     resolve_device(args.device)                   # --device cuda without a GPU: one line, before anything runs
@@ -82,9 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     settings = resolve_settings(preset, {k: getattr(args, k) for k in OVERRIDES}, args.name)
     print(f"study {settings.name}: preset {preset} ({why})")
     opts = Options(data_dir=args.data_dir, cache_dir=args.cache_dir, checkpoints_dir=args.checkpoints_dir,
-                   progress=not args.no_progress, device=args.device, engine=args.engine)
-    report = Study(settings, opts, args.summaries_dir, args.reports_dir, args.overwrite).run()
-    print(f"report: {report} (and report.json, figures and per-face predictions beside it)")
+                   progress=not args.no_progress, device=args.device, engine=args.engine,
+                   precision=args.precision)
+    if args.no_wait and args.launcher != "slurm":
+        raise SisaError("--no_wait goes with --launcher slurm (local jobs end with this process); drop it")
+    slurm = SlurmOptions(args.slurm_partition, args.gpus_per_job, args.cpus_per_job, args.mem_gb, args.time_min,
+                         tuple(args.slurm_extra))
+    report = Study(settings, opts, args.summaries_dir, args.reports_dir, args.overwrite).run(
+        args.jobs, args.launcher, args.no_wait, slurm)
+    if report is not None:
+        print(f"report: {report} (and report.json, figures and per-face predictions beside it)")
     return 0
 
 

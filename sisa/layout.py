@@ -167,7 +167,9 @@ class StudyLayout:
         return self.root.name
 
     settings = property(lambda self: self.root / "study.json")       # what the study is (its identity)
-    state = property(lambda self: self.root / "progress.json")       # which phases are complete
+    state = property(lambda self: self.root / "progress.json")       # phases complete (studies before per-run files)
+    jobs = property(lambda self: self.root / "jobs.json")            # --launcher slurm: the job of each run
+    launcher_dir = property(lambda self: self.root / "submitit")     # submitit's own job files and logs
     report_md = property(lambda self: self.root / "report.md")
     report_json = property(lambda self: self.root / "report.json")
     predictions = property(lambda self: self.root / "predictions")   # per-face predictions of every run
@@ -175,6 +177,16 @@ class StudyLayout:
 
     def figure(self, name: str) -> Path:
         return self.root / f"{name}.png"
+
+    def run_state(self, run: str) -> Path:
+        """Which phases of one run are complete, with their seconds (written only by the run's job)."""
+        return self.root / "progress" / f"{run}.json"
+
+    def run_states(self) -> list[Path]:
+        return sorted((self.root / "progress").glob("*.json"))
+
+    def run_log(self, run: str) -> Path:
+        return self.root / "logs" / f"{run}.log"
 
     def predictions_file(self, run: str) -> Path:
         return self.predictions / f"{run}.npz"

@@ -40,6 +40,8 @@ from .config import RunConfig
 from .errors import SisaError
 from .experiment import Options
 from .layout import DEFAULT_REPORTS, DEFAULT_SUMMARIES, RunLayout, StudyLayout
+from .device import wants_cuda
+from .launch import SlurmOptions, choose_jobs, failure_line, make_launcher, reattach
 from .store import read_json, run_lock, write_json
 
 CONFIGS = {
@@ -51,6 +53,7 @@ CONFIGS = {
     "segregated": dict(placement="segregated", put_in="shard", sisa=True),
 }
 POSTER_CONFIGS = ("baseline", "uniform", "few-shards", "later-slices")
+POLL_SECONDS = 2.0      # how often the study looks at its jobs' records
 
 # Each preset is complete; flags override any of it. The cpu preset was chosen by measurement
 # (benchmarks/recipes.py and the study's own timings, README "Recipes" and "The study").
@@ -185,8 +188,10 @@ def check_settings(s: Settings) -> None:
 # ---- progress ---------------------------------------------------------------------------------
 @dataclass
 class Progress:
-    """progress.json: which phases of which runs are done, with their seconds (for resume and the report)."""
-    path: Path
+    """Which phases of which runs are done, with their seconds (for resume and the report): one file
+    per run (progress/<run>.json), written only by the job running that run, so runs in parallel
+    never write one file. A study from before those files keeps its progress.json (read, not written)."""
+    layout: StudyLayout
     done: dict = field(default_factory=dict)
     recorded_now: float = 0.0       # seconds of the phases this process ran
 
@@ -195,8 +200,11 @@ class Progress:
         return sum(ph["seconds"] for phases in self.done.values() for ph in phases.values())
 
     @classmethod
-    def load(cls, path: Path) -> "Progress":
-        return cls(path, read_json(path) if path.exists() else {})
+    def load(cls, layout: StudyLayout) -> "Progress":
+        done = read_json(layout.state) if layout.state.exists() else {}
+        for path in layout.run_states():
+            done[path.stem] = read_json(path)
+        return cls(layout, done)
 
     def finished(self, run: str, phase: str) -> bool:
         return phase in self.done.get(run, {})
@@ -204,7 +212,7 @@ class Progress:
     def record(self, run: str, phase: str, seconds: float, **facts) -> None:
         self.done.setdefault(run, {})[phase] = {"seconds": seconds, **facts}
         self.recorded_now += seconds
-        write_json(self.path, self.done)
+        write_json(self.layout.run_state(run), self.done[run])
 
 
 # ---- the study ----------------------------------------------------------------------------------
@@ -215,6 +223,7 @@ class Study:
         self.summaries = Path(summaries_dir)
         self.layout = StudyLayout((Path(reports_dir) / settings.name).resolve())
         self.overwrite, self.say = overwrite, say
+        self._unlearning_units: dict[str, int] = {}
 
     # -- the study folder ---------------------------------------------------------------------
     def open(self) -> Progress:
@@ -235,7 +244,7 @@ class Study:
             self._clear(None)
         L.root.mkdir(parents=True, exist_ok=True)
         write_json(L.settings, self.s.to_dict())
-        return Progress.load(L.state)
+        return Progress.load(L)
 
     def _clear(self, old: Settings | None) -> None:
         """--overwrite: remove the study folder's contents and the old study's run folders."""
@@ -249,27 +258,118 @@ class Study:
                     shutil.rmtree(run)
 
     # -- phases ------------------------------------------------------------------------------
-    def run(self) -> Path:
+    def run(self, jobs: int | None = 1, launcher: str = "local", no_wait: bool = False,
+            slurm: SlurmOptions = SlurmOptions()) -> Path | None:
+        """Every unfinished phase of every run, then the report (None: --no_wait submitted jobs).
+
+        `jobs` 1 with the local launcher: one run after another in this process; otherwise each run
+        is a job (launch.py) and this process watches them; None chooses from cores and memory."""
         from .report import write_report
 
         started = time.perf_counter()
         with run_lock(self.layout.lock, "study.py"):
             progress = self.open()
+            before = progress.seconds()            # phases of earlier invocations
             exps = self.prepare_all()
-            total = sum(self.work(progress, e) for e in exps.values())
-            with tqdm(total=total, unit="img", unit_scale=True, desc=f"study {self.s.name}",
-                      disable=not self.opts.progress, dynamic_ncols=True) as bar:
-                self.say = bar.write
-                for key, exp in exps.items():
-                    self.one_run(key, exp, progress, bar)
-                t = time.perf_counter()
-                # the study's time: every phase, whichever invocation ran it, plus this one's overhead
-                # (preparing runs, the report), so a resumed study or a regenerated report still says it
-                overhead = time.perf_counter() - started - progress.recorded_now
-                path = write_report(self.layout, self.s, self.opts, self.summaries, progress.done,
-                                    seconds_total=progress.seconds() + overhead)
-                bar.write(f"[{self.clock()}] report: {self.layout.report_md} ({time.perf_counter() - t:.0f} s)")
+            left = {key: exp for key, exp in exps.items() if self.work(progress, exp)}
+            n, threads, why = 1, 0, ""
+            if launcher == "slurm":            # every run submitted at once; Slurm schedules them
+                n, threads = len(left), slurm.cpus_per_job
+                why = f"Slurm schedules them; --cpus_per_job {slurm.cpus_per_job}"
+            elif left:
+                n, threads, why = choose_jobs(jobs, len(left), next(iter(left.values())).images.nbytes,
+                                              wants_cuda(self.opts.device))
+            if left and (launcher != "local" or n > 1):     # else: one run after another, in this process
+                self.say(f"{len(left)} run(s) to go: {n} at a time ({launcher} launcher, {why}), "
+                         f"{threads} torch thread(s) each; logs in {self.layout.run_log('<run>')}")
+                failures = self.launch(left, progress, n, threads, launcher, no_wait, slurm)
+                if failures is None:
+                    return None
+                progress = Progress.load(self.layout)
+                if failures:
+                    raise SisaError(f"{len(failures)} of {len(left)} run(s) failed: " + "; ".join(failures) +
+                                    ". The other runs are kept; rerun the same command to retry the failed ones")
+            else:
+                total = sum(self.work(progress, e) for e in exps.values())
+                with tqdm(total=total, unit="img", unit_scale=True, desc=f"study {self.s.name}",
+                          disable=not self.opts.progress, dynamic_ncols=True) as bar:
+                    self.say = bar.write
+                    for key, exp in exps.items():
+                        self.one_run(key, exp, progress, bar)
+            t = time.perf_counter()
+            # the study's time: the phases of earlier invocations plus this one's wall time (its
+            # phases, run here or as jobs, with preparing runs and the report), so a resumed study or
+            # a regenerated report still says it
+            path = write_report(self.layout, self.s, self.opts, self.summaries, progress.done,
+                                seconds_total=before + time.perf_counter() - started)
+            self.say(f"[{self.clock()}] report: {self.layout.report_md} ({time.perf_counter() - t:.0f} s)")
         return path
+
+    def launch(self, left: dict, progress: Progress, jobs: int, threads: int, launcher: str, no_wait: bool,
+               slurm: SlurmOptions) -> list[str] | None:
+        """Run `left` as jobs, `jobs` at a time (Slurm: all submitted, Slurm schedules them), and watch
+        them with one progress bar driven by the runs' records. Returns one line per failed run, or
+        None when --no_wait left submitted jobs running."""
+        folder = self.layout.launcher_dir
+        recorded = read_json(self.layout.jobs) if self.layout.jobs.exists() else {}
+        runner = make_launcher(launcher, jobs, folder, slurm)
+        specs = {key: Job(self.s.to_dict(), key, self.opts, self.summaries, self.layout.root.parent, threads,
+                          self.layout.run_log(exp.cfg.name), exp.cfg.name) for key, exp in left.items()}
+        queue, handles, failures = list(left), {}, []
+        at_once = len(queue) if launcher == "slurm" else jobs
+
+        def submit_more() -> None:
+            while queue and len(handles) < at_once:
+                key = queue.pop(0)
+                name = specs[key].name
+                again = reattach(launcher, folder, recorded.get(name, {}).get("job_id"))
+                handles[key] = again or runner.submit(run_job, specs[key])
+                recorded[name] = {"launcher": launcher, "job_id": getattr(handles[key], "job_id", None),
+                                  "log": str(specs[key].log), "reattached": again is not None}
+            write_json(self.layout.jobs, recorded)
+
+        units = {key: self.work(progress, exp) for key, exp in left.items()}
+        try:
+            submit_more()
+            if no_wait:
+                self.say(f"submitted {len(handles)} job(s) ({self.layout.jobs}); rerun the same command to "
+                         "collect them and write the report")
+                return None
+            with tqdm(total=sum(units.values()), unit="img", unit_scale=True, desc=f"study {self.s.name}",
+                      disable=not self.opts.progress, dynamic_ncols=True) as bar:
+                while handles:
+                    time.sleep(POLL_SECONDS)
+                    for key in [k for k, h in handles.items() if h.done()]:
+                        line = failure_line(handles.pop(key), specs[key].name, specs[key].log)
+                        if line:
+                            failures.append(line)
+                        bar.write(f"[{self.clock()}] " + (f"failed: {line}" if line else f"finished {specs[key].name}"))
+                    submit_more()
+                    now = Progress.load(self.layout)
+                    left_now = sum(units[key] if key in queue else min(units[key], self.work(now, left[key]))
+                                   if key in handles else 0 for key in left)
+                    bar.n = max(bar.n, sum(units.values()) - left_now)   # a run's unlearning makes its partition
+                    bar.refresh()                                        # newer than ours: never count backwards
+            return failures
+        finally:
+            runner.close()
+
+    def run_one(self, key: tuple, log) -> None:
+        """A job's work (launch.run_job): one run's unfinished phases, progress to `log`."""
+        from .commit import finish_and_report
+        from .experiment import prepare
+
+        test, tag, k = key
+        cfg = self.s.run_config(test, tag, k)
+        layout = RunLayout((Path(self.opts.checkpoints_dir) / cfg.name).resolve())
+        with run_lock(layout.lock, "study.py job"):
+            finish_and_report(layout, print)
+            exp = prepare(cfg, self.opts)
+        progress = Progress.load(self.layout)
+        with tqdm(total=self.work(progress, exp), unit="img", unit_scale=True, desc=cfg.name, file=log,
+                  mininterval=30, ascii=True, disable=not self.opts.progress) as bar:
+            self.say = bar.write
+            self.one_run(key, exp, progress, bar)
 
     def clock(self) -> str:
         return dt.datetime.now().strftime("%H:%M:%S")
@@ -293,7 +393,8 @@ class Study:
         """Images (training-step equivalents) this run still needs: training, evaluation and unlearning."""
         from .training import pending_stages, stage_work
         cfg, name = exp.cfg, exp.cfg.name
-        left = sum(stage_work(exp, f, s, first) for f, s, first in pending_stages(exp))
+        # the records, not the files: hashing every checkpoint only to size a bar cost minutes on a GPU study
+        left = sum(stage_work(exp, f, s, first) for f, s, first in pending_stages(exp, verify=False))
         tested = sum(int((p["role"] == "test").sum()) for p in exp.partitions)
         if not progress.finished(name, "evaluate"):
             left += self.eval_units(cfg, tested)
@@ -310,7 +411,11 @@ class Study:
 
     def unlearning_units(self, exp) -> int:
         from .unlearning import expected_cost
-        return int(sum(expected_cost(p, exp.cfg)["expected_faces_x_epochs"] for p in exp.partitions) * self.s.sample)
+        name = exp.cfg.name
+        if name not in self._unlearning_units:      # asked at every look at running jobs: computed once
+            self._unlearning_units[name] = int(sum(expected_cost(p, exp.cfg)["expected_faces_x_epochs"]
+                                                   for p in exp.partitions) * self.s.sample)
+        return self._unlearning_units[name]
 
     def one_run(self, key: tuple, exp, progress: Progress, bar) -> None:
         from .commit import finish_and_report
@@ -363,6 +468,44 @@ class Study:
                 progress.record(name, "evaluate after unlearning", time.perf_counter() - t, summary=after)
                 self.say(f"[{self.clock()}] evaluated {after} in "
                          f"{fmt_s(progress.done[name]['evaluate after unlearning']['seconds'])}")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of a study as a worker process (or a Slurm job) receives it: everything pickles."""
+    settings: dict                   # the study's Settings.to_dict()
+    key: tuple                       # (test, configuration, seed index)
+    opts: Options
+    summaries_dir: Path
+    reports_dir: Path
+    threads: int                     # torch threads of this job
+    log: Path                        # reports/<study>/logs/<run>.log
+    name: str                        # the run's name
+
+
+def run_job(job: Job) -> str:
+    """A job's entry point (launch.py runs it in a worker process or a Slurm job): every unfinished
+    phase of one run, its output in the run's log. On failure the traceback goes to the log and a
+    one-line error to the study (an exception that pickles, whatever the original was)."""
+    import contextlib
+    import os
+    import traceback
+
+    import torch
+    torch.set_num_threads(job.threads)
+    job.log.parent.mkdir(parents=True, exist_ok=True)
+    with open(job.log, "a", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {job.name}: pid {os.getpid()} on {os.uname().nodename}, "
+              f"{job.threads} torch thread(s)")
+        try:
+            Study(Settings.from_dict(job.settings), job.opts, job.summaries_dir, job.reports_dir,
+                  say=print).run_one(job.key, log)
+        except BaseException as e:
+            traceback.print_exc()
+            first = next((line for line in str(e).splitlines() if line.strip()), "")
+            raise SisaError(f"{type(e).__name__}: {first[:300]}") from None
+        print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {job.name}: done")
+    return job.name
 
 
 def throughput(layout: RunLayout, folds: int) -> float:

@@ -61,7 +61,7 @@ def test_the_study_runs_every_phase_and_writes_its_report(tiny_study):
     assert len(data["predictions"]) == 4 + 3                                           # 4 runs before, 3 after unlearning
     for fig in data["figures"]["kfold"].values():
         assert (rep / fig).stat().st_size > 0
-    # one line per finished phase
+    # one line per finished phase (--jobs auto on 2 cores: one run at a time, in the study's process)
     assert "trained tiny-kfold-uniform" in out and "served and verified 1 request(s) per fold" in out
 
 
@@ -79,7 +79,7 @@ def test_the_markdown_is_rendered_from_the_json_alone(tiny_study):
 @pytest.mark.slow
 def test_a_killed_study_resumes_without_retraining_finished_stages(faces_dir, cache_dir, tmp_path):
     args = [*map(str, TINY), "--name", "resume", "--no_control", *map(str, where(faces_dir, cache_dir, tmp_path)),
-            "--no_progress"]
+            "--jobs", "1", "--no_progress"]
     proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "study.py"), *args], cwd=PROJECT_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     uniform = tmp_path / "ck" / "resume-kfold-uniform"
@@ -90,7 +90,7 @@ def test_a_killed_study_resumes_without_retraining_finished_stages(faces_dir, ca
     assert proc.poll() is None, "study.py ended before the kill"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    progress = json.loads((tmp_path / "rep" / "resume" / "progress.json").read_text())
+    progress = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "rep" / "resume" / "progress").glob("*.json")}
     assert "train" in progress["resume-kfold-baseline"] and "resume-kfold-uniform" not in progress
     baseline = {p: (p.stat().st_ino, p.stat().st_mtime_ns)
                 for p in (tmp_path / "ck" / "resume-kfold-baseline").glob("fold-*/shard-*/slice-*.pt")}
@@ -113,7 +113,94 @@ def test_a_study_folder_of_other_settings_is_refused_unless_overwrite(tiny_study
     assert (tmp / "rep" / "tiny" / "report.json").read_bytes() == before          # nothing lost
 
 
+@pytest.mark.slow
+def test_a_failed_job_is_named_with_its_log_and_the_rerun_finishes_only_what_is_left(faces_dir, cache_dir, tmp_path):
+    """Runs as two local jobs at once; every SISA run's process dies while serving its request (a crash
+    injected after the unlearning commit), the baseline finishes. The study names each failed run with
+    its log and exits 1; the same command again finishes the others without training the baseline again."""
+    args = [*TINY, "--name", "jobs", "--no_control", *where(faces_dir, cache_dir, tmp_path), "--jobs", 2]
+    env = {**os.environ, "SISA_FAULT": "after_commit"}
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "study.py"), *map(str, args), "--no_progress"],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, env=env, timeout=600)
+    line = error_line(proc)
+    assert "2 of 3 run(s) failed" in line and "rerun the same command" in line
+    for run in ("jobs-kfold-uniform", "jobs-kfold-later-slices"):
+        assert f"{run}: " in line and str(tmp_path / "rep" / "jobs" / "logs" / f"{run}.log") in line
+    assert "jobs-kfold-baseline" not in line.split("failed:")[1]
+    assert "2 at a time (local launcher, --jobs 2), 1 torch thread(s) each" in proc.stdout
+    rep = tmp_path / "rep" / "jobs"
+    assert not (rep / "report.json").exists()
+    baseline = {p: p.stat().st_mtime_ns for p in (tmp_path / "ck" / "jobs-kfold-baseline").glob("fold-*/shard-*/*.pt")}
+    out = run_script("study.py", *args).stdout
+    assert "2 run(s) to go" in out and "report: " in out
+    assert {p: p.stat().st_mtime_ns for p in baseline} == baseline                   # not trained again
+    data = json.loads((rep / "report.json").read_text())
+    assert all(u["served"]["verified"] for u in data["tests"]["kfold"]["unlearning"].values())
+
+
+@pytest.mark.slow
+def test_the_slurm_path_runs_through_submitits_local_executor(faces_dir, cache_dir, tmp_path):
+    """--launcher submitit-local: each run a submitit job (what --launcher slurm submits), the report
+    the same as any study's; a rerun finds every run finished and only re-renders."""
+    args = [*TINY, "--configs", "baseline", "uniform", "--no_control", "--name", "sub",
+            *where(faces_dir, cache_dir, tmp_path), "--launcher", "submitit-local", "--jobs", 2]
+    out = run_script("study.py", *args).stdout
+    assert "(submitit-local launcher" in out and "report: " in out
+    rep = tmp_path / "rep" / "sub"
+    jobs = json.loads((rep / "jobs.json").read_text())
+    assert set(jobs) == {"sub-kfold-baseline", "sub-kfold-uniform"} and all(j["job_id"] for j in jobs.values())
+    assert all((rep / "submitit").glob(f"{j['job_id']}_*") for j in jobs.values())
+    assert "served and verified 1 request(s) per fold" in (rep / "logs" / "sub-kfold-uniform.log").read_text()
+    again = run_script("study.py", *args).stdout
+    assert "to go" not in again and "report: " in again
+
+
+@pytest.mark.slow
+def test_sizing_the_progress_bar_reads_records_not_checkpoints(tiny_study, monkeypatch):
+    """Resuming a study sizes its bar from the checkpoint records: no checkpoint file is hashed (a GPU
+    study's are tens of GB)."""
+    from sisa import checkpoints
+    from sisa.experiment import Options, open_run
+    from sisa.layout import RunLayout
+    from sisa.study import Progress, Study
+    tmp, _ = tiny_study
+    settings = Settings.from_dict(json.loads((tmp / "rep" / "tiny" / "study.json").read_text()))
+    study = Study(settings, Options(checkpoints_dir=tmp / "ck", progress=False), tmp / "sum", tmp / "rep")
+    exp = open_run(RunLayout(tmp / "ck" / "tiny-kfold-uniform"), Options(), with_images=False)
+    progress = Progress.load(study.layout)
+    checkpoints._digests.clear()
+
+    def no_hashing(path):
+        raise AssertionError(f"{path} was hashed")
+    monkeypatch.setattr(checkpoints, "file_digest", no_hashing)
+    assert study.work(progress, exp) == 0                                 # finished: nothing left
+    record = exp.layout.checkpoint(0, 1, 1).with_suffix(".json")
+    kept = record.read_bytes()
+    record.unlink()                                                       # one stage's record gone
+    try:
+        assert study.work(progress, exp) > 0
+    finally:
+        record.write_bytes(kept)
+
+
+def test_jobs_are_chosen_from_cores_and_memory(monkeypatch):
+    from sisa import launch
+    monkeypatch.setattr(launch, "cores", lambda: 8)
+    monkeypatch.setattr(launch, "available_memory", lambda: 6 * launch.GB)
+    jobs, threads, why = launch.choose_jobs(None, 20, int(0.5 * launch.GB), cuda=False)
+    assert (jobs, threads) == (3, 2) and "8 core(s)" in why                 # memory: 6 / (1.5 + 0.5) GiB
+    monkeypatch.setattr(launch, "available_memory", lambda: 64 * launch.GB)
+    assert launch.choose_jobs(None, 20, 0, cuda=False)[:2] == (4, 2)       # cores: at least 2 threads each
+    assert launch.choose_jobs(None, 2, 0, cuda=False)[:2] == (2, 4)        # never more jobs than runs left
+    assert launch.choose_jobs(None, 20, 0, cuda=True)[:2] == (1, 8)        # one GPU: one run at a time
+    assert launch.choose_jobs(4, 20, 0, cuda=True)[:2] == (4, 2)           # unless asked
+    monkeypatch.setattr(launch, "cores", lambda: 2)
+    assert launch.choose_jobs(None, 20, 0, cuda=False)[:2] == (1, 2)       # 2 cores: one run, both threads
+
+
 @pytest.mark.parametrize("args,message", [
+    (["--no_wait"], "--no_wait goes with --launcher slurm"),
+    (["--jobs", "0"], "'0' must be >= 1"),
     (["--preset", "tpu"], "invalid choice: 'tpu'"),
     (["--configs", "uniform", "later-slices"], "--configs must include baseline"),
     (["--configs", "baseline", "later-slices"], "--configs must include uniform"),
@@ -159,7 +246,7 @@ def test_results_md_is_made_from_the_committed_reports():
 def test_the_readme_quotes_real_reports_verbatim():
     """The README's excerpts are cut from files the code wrote, not typed."""
     readme = (PROJECT_ROOT / "README.md").read_text()
-    for marker, source in (("report-excerpt", PROJECT_ROOT / "reports" / "cpu" / "report.md"),
+    for marker, source in (("report-excerpt", PROJECT_ROOT / "reports" / "published" / "cpu" / "report.md"),
                            ("recipes-excerpt", PROJECT_ROOT / "RESULTS.md")):
         excerpt = readme.split(f"<!-- {marker}: start -->\n", 1)[1].split(f"<!-- {marker}: end -->", 1)[0].strip()
         assert excerpt.count("\n") >= 3 and excerpt in source.read_text(), marker
