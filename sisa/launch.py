@@ -107,6 +107,10 @@ class LocalLauncher:
     where a shared pool would be broken for every run in it."""
 
     def __init__(self, jobs: int, folder: Path, slurm: SlurmOptions):
+        # A worker that dies (killed, out of memory) leaves its pool's semaphores to multiprocessing's
+        # resource tracker, which warns at exit in its own process; the failure is already reported
+        # with the run's log, so that warning is only noise (set before the tracker starts).
+        os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")
         self.ctx = multiprocessing.get_context("spawn")      # no forked torch state; CUDA-safe
         self.pools: list[concurrent.futures.ProcessPoolExecutor] = []
 
