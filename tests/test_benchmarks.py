@@ -1,4 +1,5 @@
 """The benchmark scripts run on CPU with small settings, and their output has every field."""
+import importlib.util
 import json
 
 import pytest
@@ -71,7 +72,7 @@ def test_fresh_clone_records_the_timed_study_and_its_report(tmp_path):
     from pathlib import Path
     if not Path("/usr/bin/time").exists():
         pytest.skip("no /usr/bin/time")
-    report = StudyLayout(PROJECT_ROOT / "reports" / "cpu").report_json
+    report = StudyLayout(PROJECT_ROOT / "reports" / "published" / "cpu").report_json
     dest = tmp_path / "clone"
     StudyLayout(dest / "reports" / "cpu").report_json.parent.mkdir(parents=True)
     shutil.copy(report, StudyLayout(dest / "reports" / "cpu").report_json)
@@ -86,3 +87,29 @@ def test_fresh_clone_records_the_timed_study_and_its_report(tmp_path):
     assert d["control_gap_change"]["verdict"] == "widened" and d["preset"] == "cpu"
     bad = run_script("benchmarks/fresh_clone.py", "--out", out, check=False, no_progress=False)
     assert bad.returncode != 0 and "exactly one of --dest and --record" in bad.stderr
+
+
+def test_the_readme_cpu_table_is_rendered_from_the_committed_benchmark():
+    """The README's CPU engine table is what benchmarks/cpu_engine.py --markdown makes of its JSON."""
+    import re
+    from sisa.layout import PROJECT_ROOT
+    spec = importlib.util.spec_from_file_location("cpu_engine", PROJECT_ROOT / "benchmarks" / "cpu_engine.py")
+    cpu_engine = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cpu_engine)
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    block = readme.split("<!-- cpu-engine: start -->\n", 1)[1].split("<!-- cpu-engine: end -->", 1)[0].strip()
+    source = re.search(r"`(benchmarks/results/cpu-engine-[^`]+\.json)`", block).group(1)
+    assert block == cpu_engine.markdown(json.loads((PROJECT_ROOT / source).read_text()), source)
+
+
+@pytest.mark.slow
+def test_cpu_engine_benchmark_quick(faces_dir, cache_dir, tmp_path):
+    out = tmp_path / "engine.json"
+    run_script("benchmarks/cpu_engine.py", "--quick", "--rounds", 1, "--step_seconds", 0.2, "--data_dir", faces_dir,
+               "--cache_dir", cache_dir, "--out", out, no_progress=False)
+    res = json.loads(out.read_text())
+    assert set(res["steps"]) == {"fp32", "fp32_channels_last", "bf16", "bf16_channels_last"}
+    assert res["steps"]["fp32"]["vs_fp32"] == 1.0 and all(v["images_per_s"] > 0 for v in res["steps"].values())
+    for table in res["profile"].values():
+        assert sum(v["share"] for v in table.values()) == pytest.approx(1.0) and "convolution" in table
+    assert isinstance(res["bf16_in_hardware"], bool) and "cpu_flags" in res
