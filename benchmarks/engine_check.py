@@ -39,8 +39,13 @@ def run(images, labels, rows, recipe, engine, model_name, epochs, batch, seed=1)
     opt = make_optimizer(model, recipe, recipe.lr, capturable=graphs, lr_tensor=lr_t)
     if graphs:
         adopt_for_graphs(opt, lr_t)
+    held = {} if graphs else None
     res = train_stage(model, opt, images, labels, rows, StagePlan(recipe, recipe.lr, epochs, batch, True, engine),
-                      (0, "train", 0, 0, 0), graphs={} if graphs else None)
+                      (0, "train", 0, 0, 0), graphs=held)
+    if graphs and not (held.get("step") is not None and held["step"].graph is not None):
+        # a capture that fell back to eager would make every graphs-versus-eager check pass vacuously
+        raise SystemExit("engine_check.py: the graphs engine's capture failed (see the warning) and it trained "
+                         "eagerly; there is no graph to check")
     return {k: v.detach().float().clone() for k, v in model.state_dict().items()}, [e["loss"] for e in res.epochs]
 
 
