@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from sisa.device import bf16_native, cpu_flags, device_name  # noqa: E402
 from sisa.experiment import versions  # noqa: E402
 from sisa.layout import DEFAULT_CACHE, DEFAULT_DATA  # noqa: E402
+from sisa.store import write_json  # noqa: E402
 from sisa.model import build_model  # noqa: E402
 from sisa.recipe import RECIPES, loss_fn, make_optimizer  # noqa: E402
 
@@ -281,8 +282,7 @@ def main(argv=None) -> int:
             res["train_py"] = whole_train(a, Path(tmp), res["steps"]["fp32"]["images_per_s"])
             res["sisa_run"] = sisa_run(a, Path(tmp))
         res["jobs"] = threads_vs_jobs(a.step_seconds * 2)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    write_json(out, res, sort_keys=False)
     print(f"wrote {out}")
     return 0
 

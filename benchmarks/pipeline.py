@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sisa.augment import augment, blur_kernel  # noqa: E402
 from sisa.data import _decode, load_faces  # noqa: E402
 from sisa.device import device_name, resolve_device  # noqa: E402
+from sisa.errors import first_line  # noqa: E402
+from sisa.store import write_json  # noqa: E402
 from sisa.engine import GraphStep, train_step  # noqa: E402
 from sisa.inputs import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from sisa.layout import DEFAULT_CACHE, DEFAULT_DATA, PROJECT_ROOT  # noqa: E402
@@ -156,7 +157,7 @@ def ours(images: torch.Tensor, labels: torch.Tensor, model_name: str, dev: torch
                 for b in bodies:
                     b._body()
         except RuntimeError as e:                 # as GraphStep does: one warning line, then eager bodies
-            reason = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)[:200]
+            reason = first_line(e, 200)
             print(f"warning: capturing the fold's graph failed ({reason}); timing the same bodies eagerly", flush=True)
             if fell_back is not None:
                 fell_back[variant] = reason
@@ -251,8 +252,7 @@ def main(argv=None) -> int:
         print(f"cache {size}px: decoding {1e3 * c['decode_s_per_image']:.2f} ms/image, loading the verified cache "
               f"{1e3 * c['cache_load_s_per_image']:.3f} ms/image: {c['ratio']:.0f}x", flush=True)
     out = a.out or PROJECT_ROOT / "benchmarks" / "results" / f"pipeline-{dev.type}-{res['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    write_json(out, res, sort_keys=False)
     print(f"wrote {out}")
     return 0
 

@@ -20,7 +20,7 @@ import torch
 import pandas as pd
 
 from .config import RunConfig
-from .errors import SisaError
+from .errors import SisaError, first_line
 from .layout import RunLayout
 from .partition import stage_hash
 from .store import read_json, write_bytes, write_json
@@ -99,7 +99,7 @@ def load_checkpoint(path: Path, cfg: RunConfig | None = None, stage_hash: str | 
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        first = next((line for line in str(e).splitlines() if line.strip()), "")[:200]
+        first = first_line(e, 200)
         raise SisaError(f"checkpoint {path} cannot be loaded ({type(e).__name__}: {first}); retrain it with "
                         "train.py") from e
     if cfg is not None and ck.get("config") != cfg.to_dict():

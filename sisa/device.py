@@ -37,10 +37,11 @@ def device_name(device: torch.device) -> str:
 
 
 # ---- precision ----------------------------------------------------------------------------------
-# bf16 autocast roughly doubles a CPU's training step where the CPU has bf16 instructions
+# bf16 autocast speeds up a CPU's training step only where the CPU has bf16 instructions
 # (avx512_bf16 or AMX); without them PyTorch emulates bf16 and the step is about ten times slower
-# (both measured by benchmarks/cpu_engine.py). fp32 stays exact and bit-reproducible everywhere;
-# bf16 is bit-reproducible too at a fixed thread count (tests/test_precision.py).
+# (benchmarks/results/cpu-engine-2026-12-03.json, an AVX2-only CPU). fp32 stays exact and
+# bit-reproducible everywhere; bf16 is bit-reproducible too at a fixed thread count
+# (tests/test_training.py and tests/test_unlearning.py, parametrised over precision).
 PRECISIONS = ("auto", "fp32", "bf16")
 
 

@@ -31,6 +31,7 @@ import torch
 from .augment import augment, flip_shift, prepare_augment_constants, shift_pixels
 from .data import AGE_CLASSES
 from .device import resolve_precision
+from .errors import first_line
 from .inputs import normalisation, to_input
 from .recipe import Recipe, log_prior, loss_fn, lr_at
 from .seeding import torch_seed
@@ -361,8 +362,7 @@ class GraphStep:
         """After a failed capture: the model, optimizer and generators as they were before it, and
         the same body run eagerly from now on (one warning line)."""
         import warnings
-        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        warnings.warn(f"CUDA graph capture failed ({first[:160]}); this shard model trains eagerly")
+        warnings.warn(f"CUDA graph capture failed ({first_line(error, 160)}); this shard model trains eagerly")
         if self._saved is not None:
             self._restore()
         self.graph, self.capture, self._saved = None, False, None

@@ -122,14 +122,13 @@ def _final_digests(exp: Experiment, fold: int) -> list[str]:
     return [checkpoints.status(exp.layout.checkpoint(fold, s, last)).record["digest"] for s in range(exp.cfg.num_shards)]
 
 
-def fold_logits(exp: Experiment, fold: int, opts: Options, tta: str = "none") -> np.ndarray:
+def fold_logits(exp: Experiment, fold: int, opts: Options, tta: str = "none", precision: str = "fp32") -> np.ndarray:
     """(S, n_test, 7) shard logits of a fold; with flip test-time augmentation, the mean of the logits
     of each face and of its mirror image. A shard's saved logits are used when they came from its
     current checkpoint (and hold the mirrored ones if needed); only the others are computed (after
     unlearning: the retrained shards) and the fold's file is rewritten."""
     path, digests = exp.layout.logits(fold), _final_digests(exp, fold)
     device = resolve_device(opts.device)
-    precision = resolve_precision(opts.precision, device)
     names = exp.partitions[fold]["filename"].to_numpy()[_test_rows(exp, fold)].astype(str)
     S, need_flip = exp.cfg.num_shards, tta == "flip"
     plain, flipped = np.zeros((S, len(names), 7), np.float32), np.zeros((S, len(names), 7), np.float32)
@@ -203,6 +202,7 @@ def evaluate_run(layout: RunLayout, opts: Options, summaries_dir: Path, aggregat
     another fold count included."""
     exp = open_run(layout, opts, with_images=False)
     tta = resolve_tta(tta, exp.cfg.recipe)
+    precision = resolve_precision(opts.precision, resolve_device(opts.device))   # resolved (and warned) once
     problems = fold_problems(exp)
     incomplete = {f: p for f, p in problems.items() if p}
     if incomplete and not allow_partial:
@@ -223,10 +223,10 @@ def evaluate_run(layout: RunLayout, opts: Options, summaries_dir: Path, aggregat
     logits = {}
     for fold in folds:
         try:
-            logits[fold] = fold_logits(exp, fold, opts, tta)
+            logits[fold] = fold_logits(exp, fold, opts, tta, precision)
         except LookupError:
             exp = open_run(layout, opts, with_images=True)   # images are only needed for new logits
-            logits[fold] = fold_logits(exp, fold, opts, tta)
+            logits[fold] = fold_logits(exp, fold, opts, tta, precision)
     pred = pd.concat([predictions(exp, f, logits[f], aggregation) for f in folds], ignore_index=True)
     tidy = fairness.tidy_metrics(pred)
     aggregated = aggregation_table(exp, folds, logits)
@@ -234,7 +234,7 @@ def evaluate_run(layout: RunLayout, opts: Options, summaries_dir: Path, aggregat
     fair = fairness.fairness_table(pred, exp.cfg.test_kind, n_boot)
     info = {"run": exp.cfg.name, "run_dir": str(layout.root), "summary": out.name, "aggregation": aggregation,
             "tta": tta, "recipe": exp.cfg.recipe, "training_precision": exp.manifest.get("precision"),
-            "evaluation_precision": resolve_precision(opts.precision, resolve_device(opts.device)),
+            "evaluation_precision": precision,
             "folds_evaluated": folds, "folds_in_run": exp.cfg.folds, "test_kind": exp.cfg.test_kind,
             "weights_used": exp.manifest.get("weights_used"),
             "faces_forgotten": {f"fold-{f}": int(exp.partitions[f]["forgotten"].sum()) for f in folds},

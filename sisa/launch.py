@@ -30,7 +30,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SisaError
+from .errors import SisaError, first_line
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 GB = 1024 ** 3
@@ -106,7 +106,7 @@ class LocalLauncher:
     One single-worker pool per run: a run whose process dies (killed, out of memory) fails alone,
     where a shared pool would be broken for every run in it."""
 
-    def __init__(self, jobs: int, folder: Path, slurm: SlurmOptions):
+    def __init__(self, folder: Path, slurm: SlurmOptions):
         # A worker that dies (killed, out of memory) leaves its pool's semaphores to multiprocessing's
         # resource tracker, which warns at exit in its own process; the failure is already reported
         # with the run's log, so that warning is only noise (set before the tracker starts).
@@ -129,12 +129,11 @@ class LocalLauncher:
 class SubmititLauncher:
     """One submitit job per run: on Slurm (`cluster="slurm"`) or submitit's local executor."""
 
-    def __init__(self, cluster: str, jobs: int, folder: Path, slurm: SlurmOptions):
+    def __init__(self, cluster: str, folder: Path, slurm: SlurmOptions):
         try:
             import submitit
         except ImportError as e:
             raise SisaError("--launcher slurm needs submitit: pip install submitit (it is in requirements.txt)") from e
-        self.cluster = cluster
         self.executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
         params: dict = {"timeout_min": slurm.time_min, "cpus_per_task": slurm.cpus_per_job,
                         "gpus_per_node": slurm.gpus_per_job, "mem_gb": slurm.mem_gb, "name": folder.parent.name}
@@ -155,11 +154,12 @@ class SubmititLauncher:
         pass
 
 
-def make_launcher(name: str, jobs: int, folder: Path, slurm: SlurmOptions):
+def make_launcher(name: str, folder: Path, slurm: SlurmOptions):
+    """A launcher by its CLI name; how many run at once is the study's business (it submits them)."""
     if name == "local":
-        return LocalLauncher(jobs, folder, slurm)
+        return LocalLauncher(folder, slurm)
     if name in ("slurm", "submitit-local"):
-        return SubmititLauncher("slurm" if name == "slurm" else "local", jobs, folder, slurm)
+        return SubmititLauncher("slurm" if name == "slurm" else "local", folder, slurm)
     raise SisaError(f"--launcher {name!r} is invalid: choose one of {', '.join(LAUNCHERS)}")
 
 
@@ -184,6 +184,5 @@ def failure_line(handle, name: str, log: Path) -> str | None:
         error = e
     if error is None:
         return None
-    first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
     where = f"; submitit's own logs: {handle.paths.stdout.parent}" if hasattr(handle, "paths") else ""
-    return f"{name}: {first[:300]} (log: {log}{where})"
+    return f"{name}: {first_line(error)} (log: {log}{where})"

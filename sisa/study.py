@@ -37,7 +37,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import RunConfig
-from .errors import SisaError
+from .errors import SisaError, first_line
 from .experiment import Options
 from .layout import DEFAULT_REPORTS, DEFAULT_SUMMARIES, RunLayout, StudyLayout
 from .device import wants_cuda
@@ -193,7 +193,6 @@ class Progress:
     never write one file. A study from before those files keeps its progress.json (read, not written)."""
     layout: StudyLayout
     done: dict = field(default_factory=dict)
-    recorded_now: float = 0.0       # seconds of the phases this process ran
 
     def seconds(self) -> float:
         """Seconds of every recorded phase, over all the invocations that ran them."""
@@ -211,7 +210,6 @@ class Progress:
 
     def record(self, run: str, phase: str, seconds: float, **facts) -> None:
         self.done.setdefault(run, {})[phase] = {"seconds": seconds, **facts}
-        self.recorded_now += seconds
         write_json(self.layout.run_state(run), self.done[run])
 
 
@@ -290,9 +288,7 @@ class Study:
                     raise SisaError(f"{len(failures)} of {len(left)} run(s) failed: " + "; ".join(failures) +
                                     ". The other runs are kept; rerun the same command to retry the failed ones")
             else:
-                total = sum(self.work(progress, e) for e in exps.values())
-                with tqdm(total=total, unit="img", unit_scale=True, desc=f"study {self.s.name}",
-                          disable=not self.opts.progress, dynamic_ncols=True) as bar:
+                with self.bar(sum(self.work(progress, e) for e in exps.values())) as bar:
                     self.say = bar.write
                     for key, exp in exps.items():
                         self.one_run(key, exp, progress, bar)
@@ -312,7 +308,7 @@ class Study:
         None when --no_wait left submitted jobs running."""
         folder = self.layout.launcher_dir
         recorded = read_json(self.layout.jobs) if self.layout.jobs.exists() else {}
-        runner = make_launcher(launcher, jobs, folder, slurm)
+        runner = make_launcher(launcher, folder, slurm)
         specs = {key: Job(self.s.to_dict(), key, self.opts, self.summaries, self.layout.root.parent, threads,
                           self.layout.run_log(exp.cfg.name), exp.cfg.name) for key, exp in left.items()}
         queue, handles, failures = list(left), {}, []
@@ -335,8 +331,7 @@ class Study:
                 self.say(f"submitted {len(handles)} job(s) ({self.layout.jobs}); rerun the same command to "
                          "collect them and write the report")
                 return None
-            with tqdm(total=sum(units.values()), unit="img", unit_scale=True, desc=f"study {self.s.name}",
-                      disable=not self.opts.progress, dynamic_ncols=True) as bar:
+            with self.bar(sum(units.values())) as bar:
                 while handles:
                     time.sleep(POLL_SECONDS)
                     for key in [k for k, h in handles.items() if h.done()]:
@@ -355,18 +350,10 @@ class Study:
             runner.close()
 
     def run_one(self, key: tuple, log) -> None:
-        """A job's work (launch.run_job): one run's unfinished phases, progress to `log`."""
-        from .commit import finish_and_report
-        from .experiment import prepare
-
-        test, tag, k = key
-        cfg = self.s.run_config(test, tag, k)
-        layout = RunLayout((Path(self.opts.checkpoints_dir) / cfg.name).resolve())
-        with run_lock(layout.lock, "study.py job"):
-            finish_and_report(layout, print)
-            exp = prepare(cfg, self.opts)
+        """A job's work (run_job): one run's unfinished phases, progress to `log`."""
+        exp = self.prepare_run(key)
         progress = Progress.load(self.layout)
-        with tqdm(total=self.work(progress, exp), unit="img", unit_scale=True, desc=cfg.name, file=log,
+        with tqdm(total=self.work(progress, exp), unit="img", unit_scale=True, desc=exp.cfg.name, file=log,
                   mininterval=30, ascii=True, disable=not self.opts.progress) as bar:
             self.say = bar.write
             self.one_run(key, exp, progress, bar)
@@ -376,18 +363,25 @@ class Study:
 
     def prepare_all(self) -> dict:
         """Every run folder created or re-opened (faces, likelihood, partitions), in training order."""
+        return {key: self.prepare_run(key, self.overwrite) for key in self.s.runs()}
+
+    def prepare_run(self, key: tuple, overwrite: bool = False):
+        """One run folder created or re-opened under its lock, an unlearning commit a crash left
+        finished first; `overwrite` replaces a folder of another configuration."""
         from .commit import finish_and_report
         from .experiment import prepare
 
-        exps = {}
-        for test, tag, k in self.s.runs():
-            cfg = self.s.run_config(test, tag, k)
-            layout = RunLayout((Path(self.opts.checkpoints_dir) / cfg.name).resolve())
-            with run_lock(layout.lock, "study.py"):
-                if layout.exists():
-                    finish_and_report(layout, self.say)
-                exps[(test, tag, k)] = prepare(cfg, dataclasses.replace(self.opts, overwrite=self.overwrite))
-        return exps
+        cfg = self.s.run_config(*key)
+        layout = RunLayout((Path(self.opts.checkpoints_dir) / cfg.name).resolve())
+        with run_lock(layout.lock, "study.py"):
+            if layout.exists():
+                finish_and_report(layout, self.say)
+            return prepare(cfg, dataclasses.replace(self.opts, overwrite=overwrite))
+
+    def bar(self, total: int, **kw) -> tqdm:
+        """The study's progress bar: images to train, evaluate and retrain, with an ETA."""
+        return tqdm(total=total, unit="img", unit_scale=True, desc=f"study {self.s.name}",
+                    disable=not self.opts.progress, dynamic_ncols=True, **kw)
 
     def work(self, progress: Progress, exp) -> int:
         """Images (training-step equivalents) this run still needs: training, evaluation and unlearning."""
@@ -502,8 +496,7 @@ def run_job(job: Job) -> str:
                   say=print).run_one(job.key, log)
         except BaseException as e:
             traceback.print_exc()
-            first = next((line for line in str(e).splitlines() if line.strip()), "")
-            raise SisaError(f"{type(e).__name__}: {first[:300]}") from None
+            raise SisaError(f"{type(e).__name__}: {first_line(e)}") from None
         print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {job.name}: done")
     return job.name
 
