@@ -1,7 +1,7 @@
 """Evaluate a trained run: shard logits on each fold's test faces, the ensemble, summaries, figures.
 
-    python3 evaluate.py --run_dir sorted-balanced-slice-5x3
-    python3 evaluate.py --compare baseline-1x1 random-balanced-slice-5x3 sorted-balanced-slice-5x3
+    .venv/bin/python evaluate.py --run_dir sorted-balanced-slice-5x3
+    .venv/bin/python evaluate.py --compare baseline-1x1 random-balanced-slice-5x3 sorted-balanced-slice-5x3
 
 Logits are saved per fold with the digests of the checkpoints that produced them, for the faces as
 they are and mirrored, so evaluating again (another aggregation, with or without flip test-time
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import pickle
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from .device import resolve_device, resolve_precision
 from .errors import SisaError
 from .experiment import Experiment, Options, open_run, versions
 from .inputs import mirror, to_input
-from .layout import RunLayout, SummaryLayout, compare_stem
+from .layout import RunLayout, SummaryLayout
 from .model import build_model
 from .partition import stage_hash
 from .store import write_bytes, write_json, write_text
@@ -37,22 +36,6 @@ from .store import write_bytes, write_json, write_text
 # activations stay in the caches, 1.7x the images per second of 256 (benchmarks/cpu_engine.py);
 # large on a GPU, which needs the parallelism.
 EVAL_BATCH = {"cpu": 64, "cuda": 512}
-
-
-def fold_problems(exp: Experiment, every_slice: bool = False) -> dict[int, list[str]]:
-    """For each fold, what keeps it from being used (empty list: complete). Evaluation needs every
-    shard's final checkpoint; unlearning (`every_slice`) needs every checkpoint it may restart from."""
-    cfg = exp.cfg
-    out = {}
-    for fold in range(cfg.folds):
-        problems = []
-        for shard in range(cfg.num_shards):
-            states = checkpoints.shard_statuses(exp.layout, exp.partitions[fold], fold, shard, cfg.num_slices)
-            for l, st in enumerate(states):
-                if st.state != "ok" and (every_slice or l == cfg.num_slices - 1):
-                    problems.append(f"shard {shard} slice {l} {st.state}")
-        out[fold] = problems
-    return out
 
 
 def resolve_tta(tta: str, recipe: str) -> str:
@@ -203,16 +186,9 @@ def evaluate_run(layout: RunLayout, opts: Options, summaries_dir: Path, aggregat
     exp = open_run(layout, opts, with_images=False)
     tta = resolve_tta(tta, exp.cfg.recipe)
     precision = resolve_precision(opts.precision, resolve_device(opts.device))   # resolved (and warned) once
-    problems = fold_problems(exp)
-    incomplete = {f: p for f, p in problems.items() if p}
-    if incomplete and not allow_partial:
-        listed = "; ".join(f"fold {f}: {', '.join(p)}" for f, p in incomplete.items())
-        raise SisaError(f"run {exp.cfg.name} is not fully trained ({listed}); finish it with train.py, "
-                        "or pass --allow_partial to evaluate only the complete folds")
-    folds = [f for f, p in problems.items() if not p]
-    if not folds:
-        listed = "; ".join(f"fold {f}: {', '.join(p)}" for f, p in incomplete.items())
-        raise SisaError(f"run {exp.cfg.name} has no complete fold to evaluate ({listed}); finish it with train.py")
+    folds = checkpoints.usable_folds(layout, exp.cfg, exp.partitions, "evaluate", allow_partial=allow_partial,
+                                     fix="finish it with train.py, or pass --allow_partial to evaluate only the "
+                                         "complete folds")
     out = SummaryLayout(Path(summaries_dir), name or summary_name(exp))
     existing = [p for p in out.all_files(len(folds)) if p.exists()] + \
         [p for p in out.fold_pickles() if p not in out.all_files(len(folds))]
@@ -298,37 +274,3 @@ def logits_file(exp: Experiment, folds: list[int], logits: dict[int, np.ndarray]
     np.savez_compressed(buf, shard_logits=np.concatenate([logits[f] for f in folds], axis=1).astype(np.float32),
                         fold=fold, filename=names, tta=np.array(tta))
     return buf.getvalue()
-
-
-def load_summary(summaries_dir: Path, name: str) -> tuple[pd.DataFrame, dict, pd.Series]:
-    """Predictions, info and fold-mean top-1 per group of an evaluated summary (from its CSVs)."""
-    out = SummaryLayout(Path(summaries_dir), name)
-    if not out.predictions.exists() or not out.info.exists() or not out.results_csv.exists():
-        raise SisaError(f"no evaluated summaries named {name} in {summaries_dir}; run "
-                        f"python3 evaluate.py --run_dir {name} first")
-    tidy = pd.read_csv(out.results_csv)
-    top1 = tidy[(tidy["model"] == "ensemble") & (tidy["age_class"] == "all") & (tidy["metric"] == "top1")]
-    top1 = top1.groupby("group")["value"].mean()
-    return pd.read_csv(out.predictions), json.loads(out.info.read_text()), top1
-
-
-def compare(names: list[str], summaries_dir: Path, n_boot: int = 1000) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
-    """Runs side by side and each versus the first (the baseline); writes a CSV pair and a figure."""
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise SisaError("--compare needs a baseline and at least one other run, each named once")
-    loaded = {n: load_summary(summaries_dir, n) for n in names}
-    side, changes = fairness.compare_runs({n: v[0] for n, v in loaded.items()},
-                                          {n: v[1]["test_kind"] for n, v in loaded.items()}, names[0], n_boot)
-    side = side.astype(np.float64)          # rows added below are float64 (pandas refuses to upcast in place)
-    for n, (_, info, top1) in loaded.items():
-        side.loc["top1 random", n] = top1.get("random", np.nan)
-        side.loc["top1 all_races", n] = top1.get("all_races", np.nan)
-        side.loc["faces forgotten", n] = info.get("unlearning_requests_served", 0)
-    stem = compare_stem(summaries_dir, names)
-    write_text(stem.with_name(stem.name + "-side.csv"), side.to_csv())
-    write_text(stem.with_name(stem.name + "-changes.csv"), changes.to_csv(index=False))
-    decrease = {n: side[n].filter(like="decrease").rename(lambda s: s.split()[1]) for n in names}
-    top1 = {n: loaded[n][2] for n in names}
-    fig = plots.bar_chart(top1, decrease, stem.with_name(stem.name + ".png"),
-                          title="Top-1 accuracy per group; grey: each race's decrease versus the best race")
-    return side, changes, fig

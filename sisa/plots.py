@@ -15,11 +15,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .data import AGE_CLASSES, RACES  # noqa: E402
-from .partition import GROUPS  # noqa: E402
+from .partition import GROUPS, ORIGINAL_GROUPS  # noqa: E402
 from .store import write_bytes  # noqa: E402
 
 RACE_COLOURS = {"white": "#c774d8", "black": "#6f8fdc", "asian": "#7fd8a8", "indian": "#c9df7a", "other": "#e0736e"}
-BAR_GROUPS = ("random", *RACES)   # the poster's order
 
 
 def _save(fig, path: Path) -> Path:
@@ -36,11 +35,11 @@ def bar_chart(top1: dict[str, pd.Series], decrease: dict[str, pd.Series], path: 
     runs = list(top1)
     width = 0.8 / len(runs)
     blues = plt.cm.GnBu(np.linspace(0.95, 0.45, len(runs)))
-    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(BAR_GROUPS) * len(runs) / 2), 4.5))
-    x = np.arange(len(BAR_GROUPS))
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(GROUPS) * len(runs) / 2), 4.5))
+    x = np.arange(len(GROUPS))
     for i, run in enumerate(runs):
-        up = [100 * top1[run].get(g, np.nan) for g in BAR_GROUPS]
-        down = [-100 * decrease[run].get(g, np.nan) for g in BAR_GROUPS]
+        up = [100 * top1[run].get(g, np.nan) for g in GROUPS]
+        down = [-100 * decrease[run].get(g, np.nan) for g in GROUPS]
         pos = x - 0.4 + width * (i + 0.5)
         bars = ax.bar(pos, up, width, color=blues[i], label=run)
         ax.bar(pos, down, width, color="0.6", label="decrease vs best race" if i == 0 else None)
@@ -49,7 +48,7 @@ def bar_chart(top1: dict[str, pd.Series], decrease: dict[str, pd.Series], path: 
             if np.isfinite(d) and d < -0.05:
                 ax.text(p, d - 1, f"{d:.1f}", ha="center", va="top", fontsize=7, rotation=90)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(x, BAR_GROUPS)
+    ax.set_xticks(x, GROUPS)
     ax.set_ylabel("top-1 accuracy in %")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, ncol=2, loc="upper right", bbox_to_anchor=(1, 1.0))
@@ -59,7 +58,7 @@ def bar_chart(top1: dict[str, pd.Series], decrease: dict[str, pd.Series], path: 
 
 
 def heatmap(square: np.ndarray, name: str, path: Path) -> Path:
-    """Top-1 % per group (rows) and age class (columns)."""
+    """Top-1 % per group (rows, in the order of the original's square: ORIGINAL_GROUPS) and age class (columns)."""
     fig, ax = plt.subplots(figsize=(7, 3.8))
     im = ax.imshow(100 * square, cmap="YlGnBu", vmin=0, vmax=100, aspect="auto")
     for i in range(square.shape[0]):
@@ -68,7 +67,7 @@ def heatmap(square: np.ndarray, name: str, path: Path) -> Path:
             ax.text(j, i, "–" if np.isnan(v) else f"{v:.1f}", ha="center", va="center", fontsize=8,
                     color="white" if v > 60 else "black")
     ax.set_xticks(range(len(AGE_CLASSES)), AGE_CLASSES)
-    ax.set_yticks(range(len(GROUPS)), GROUPS)
+    ax.set_yticks(range(len(ORIGINAL_GROUPS)), ORIGINAL_GROUPS)
     ax.set_xlabel("age class")
     ax.set_title(f"{name}: top-1 accuracy in % by group and age class", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.03)

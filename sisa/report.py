@@ -2,7 +2,9 @@
 per-face predictions of every run (small .npz files, so any contrast can be recomputed).
 
 `render(report)` is a pure function of the JSON: the markdown never shows a number the JSON lacks,
-and RESULTS.md is made from committed reports the same way (sisa.results).
+and RESULTS.md is made from committed reports the same way (sisa.results). It reads records: the
+contrasts as stats.Contrast (from_dict also reads reports written before the records), the levels by
+their label (stats.level_label); nothing is parsed out of a formatted string.
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ import pandas as pd
 from . import plots
 from .analysis import analyse
 from .data import AGE_CLASSES, RACES
+from .errors import SisaError
 from .layout import StudyLayout, SummaryLayout
-from .stats import GROUPS
+from .partition import GROUPS, ORIGINAL_GROUPS
+from .stats import Contrast, level_label
 from .store import write_bytes, write_json, write_text
 
 TEST_TITLES = {"kfold": "k-fold test (every face tested once, by the models of the fold that held it out)",
@@ -63,12 +67,28 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def family(data_test: dict, name: str) -> list[dict]:
-    return data_test["contrasts"].get(name, [])
+def family(data_test: dict, name: str) -> list[Contrast]:
+    """A family of contrasts of one test, as records (empty when the study did not make it)."""
+    return [Contrast.from_dict(d) for d in data_test["contrasts"].get(name, [])]
 
 
-def find(cs: list[dict], run: str, prefix: str) -> dict | None:
-    return next((c for c in cs if c["run"] == run and c["statistic"].startswith(prefix)), None)
+def find(cs: list[Contrast], run: str, statistic: str, group: str | None = None) -> Contrast | None:
+    """The contrast of `run` for `statistic` (stats.CONTRASTS) and, for "top1", `group`."""
+    return next((c for c in cs if c.run == run and c.statistic == statistic and (group is None or c.group == group)), None)
+
+
+def runs(cs: list[Contrast]) -> list[str]:
+    """The configurations of a family, in its order."""
+    return list(dict.fromkeys(c.run for c in cs))
+
+
+def change(c: Contrast) -> str:
+    return f"{chg(c.change)} {interval(c.ci_low, c.ci_high, True)}"
+
+
+def level(levels: dict, statistic: str, group: str | None = None) -> dict:
+    """One level record of a configuration (report.json's levels[tag])."""
+    return levels[level_label(statistic, group)]
 
 
 # ---- the markdown -------------------------------------------------------------------------------
@@ -130,17 +150,12 @@ def answer(t: dict, h: str) -> list[str]:
     cs = family(t, "placement vs uniform")
     if not cs:
         return []
-    worst0 = next(c for c in cs if c["statistic"].startswith("worst"))
-    worst = worst0["statistic"].split("(")[1].split(")")[0]
-    rows = []
-    for run in dict.fromkeys(c["run"] for c in cs):
-        g, w = find(cs, run, "gap"), find(cs, run, "worst")
-        rows.append([CONFIG_TITLES[run], f"{chg(g['change'])} {interval(g['ci_low'], g['ci_high'], True)}", g["verdict"],
-                     f"{chg(w['change'])} {interval(w['ci_low'], w['ci_high'], True)}", w["verdict"]])
+    worst = cs[0].worst
+    rows = [primary_row(CONFIG_TITLES[run], cs, run) for run in runs(cs)]
     by = family(t, "placement vs uniform, by group")
-    group_rows = [[CONFIG_TITLES[run], *(cell(find(by, run, f"top1 {g}")) for g in GROUPS), cell(find(by, run, "gap ("))]
-                  for run in dict.fromkeys(c["run"] for c in by)]
-    best_gap = find(by, by[0]["run"], "gap (")["statistic"][5:-1] if by else ""
+    group_rows = [group_row(CONFIG_TITLES[run], by, run) for run in runs(by)]
+    gap = find(by, by[0].run, "gap (best - worst)") if by else None
+    best_gap = f"{gap.best} - {gap.worst}" if gap else ""
     return [f"{h}## The answer: placement versus uniform SISA", "",
             f"Change in points (placement − uniform), paired on the same test faces, 95% intervals over test faces and "
             f"training seeds. The worst race is uniform's ({worst}); the gap is the mean accuracy of the other four races "
@@ -153,44 +168,51 @@ def answer(t: dict, h: str) -> list[str]:
             table(["placement", *GROUPS, f"gap ({best_gap})"], group_rows), ""]
 
 
-def cell(c: dict | None) -> str:
+def primary_row(title: str, cs: list[Contrast], run: str) -> list[str]:
+    """A primary family's row: the change of the gap and of the worst race, each with its verdict."""
+    g, w = find(cs, run, "gap (others - worst)"), find(cs, run, "worst race")
+    return [title, change(g), g.verdict, change(w), w.verdict]
+
+
+def group_row(title: str, by: list[Contrast], run: str) -> list[str]:
+    """A by-group family's row: each group, then the gap between the reference's best and worst races."""
+    return [title, *(cell(find(by, run, "top1", g)) for g in GROUPS), cell(find(by, run, "gap (best - worst)"))]
+
+
+SHORT_VERDICT = {"none": "no verdict"}    # a cell says the outcome only: no detectable change, no reason
+
+
+def cell(c: Contrast | None) -> str:
     if c is None:
         return "–"
-    v = c["verdict"] if not c["verdict"].startswith("inconclusive") else "inconclusive"
-    return f"{chg(c['change'])} {interval(c['ci_low'], c['ci_high'], True)} {v}"
+    return f"{change(c)} {SHORT_VERDICT.get(c.outcome, c.outcome)}"
 
 
 def control(t: dict, h: str, race: str) -> list[str]:
     out = []
     cs = family(t, "control vs uniform")
     if cs:
-        g, w = find(cs, "control", "gap"), find(cs, "control", "worst")
-        ok = g["verdict"] == "widened"
+        ok = find(cs, "control", "gap (others - worst)").outcome == "widened"
         by = family(t, "control vs uniform, by group")
         out += [f"{h}## Positive control: the {race} training faces mislabelled", "",
                 f"Uniform SISA, except that every {race} training face carries a random age class (test labels untouched): "
                 "a configuration built to widen the gap, run through the same study.", "",
                 table(["", "change of the gap", "verdict", "change of the worst race", "verdict"],
-                      [["control − uniform", f"{chg(g['change'])} {interval(g['ci_low'], g['ci_high'], True)}", g["verdict"],
-                        f"{chg(w['change'])} {interval(w['ci_low'], w['ci_high'], True)}", w["verdict"]]]), "",
-                table(["", *GROUPS, "gap (best − worst)"], [["control − uniform", *(cell(find(by, "control", f"top1 {x}")) for x in GROUPS),
-                                                            cell(find(by, "control", "gap ("))]]), "",
+                      [primary_row("control − uniform", cs, "control")]), "",
+                table(["", *GROUPS, "gap (best − worst)"], [group_row("control − uniform", by, "control")]), "",
                 ("The study detects a change of fairness built into the training: the control's gap comes out widened, "
                  "so the pipeline is not blind to amplification." if ok else
                  "**The control did not come out widened**: at these settings the pipeline cannot show amplification "
                  "even where it was built in; read the placement verdicts above as uninformative."), ""]
     cs = family(t, "segregated vs uniform")
     if cs:
-        g, w = find(cs, "segregated", "gap"), find(cs, "segregated", "worst")
         by = family(t, "segregated vs uniform, by group")
         out += [f"{h}## The extreme placement: the {race} faces in as few shards as possible", "",
                 "How much can placement alone do? One race's training faces fill one shard (and no other shard has "
                 "any): the most any placement can change the race shares of the shards.", "",
                 table(["", "change of the gap", "verdict", "change of the worst race", "verdict"],
-                      [["segregated − uniform", f"{chg(g['change'])} {interval(g['ci_low'], g['ci_high'], True)}",
-                        g["verdict"], f"{chg(w['change'])} {interval(w['ci_low'], w['ci_high'], True)}", w["verdict"]]]), "",
-                table(["", *GROUPS, "gap (best − worst)"], [["segregated − uniform", *(cell(find(by, "segregated", f"top1 {x}")) for x in GROUPS),
-                                                               cell(find(by, "segregated", "gap ("))]]),
+                      [primary_row("segregated − uniform", cs, "segregated")]), "",
+                table(["", *GROUPS, "gap (best − worst)"], [group_row("segregated − uniform", by, "segregated")]),
                 ""]
     return out
 
@@ -203,17 +225,17 @@ def accuracy(r: dict, t: dict, h: str) -> list[str]:
     for g in GROUPS:
         row = [g]
         for tag in tags:
-            v = t["levels"][tag][f"top1 {g}"]
+            v = level(t["levels"][tag], "top1", g)
             txt = f"{pct(v['value'])} {interval(v['ci_low'], v['ci_high'])}"
             if tag in poster.get(g, {}):
                 txt += f" ({poster[g][tag]})"
             row.append(txt)
         rows.append(row)
     for stat in ("gap (best - worst)", "worst race top1", "ratio (worst / best)"):
-        rows.append([stat, *(f"{pct(t['levels'][x][stat]['value'])} {interval(t['levels'][x][stat]['ci_low'], t['levels'][x][stat]['ci_high'])}"
-                             for x in tags)])
+        rows.append([stat, *(f"{pct(v['value'])} {interval(v['ci_low'], v['ci_high'])}"
+                             for v in (level(t["levels"][x], stat) for x in tags))])
     if seeds > 1:
-        rows.append(["between-seed SD of the gap", *(pct(t["levels"][x]["gap (best - worst)"]["seed_sd"]) for x in tags)])
+        rows.append(["between-seed SD of the gap", *(pct(level(t["levels"][x], "gap (best - worst)")["seed_sd"]) for x in tags)])
     return [f"{h}## Accuracy by group", "",
             "Top-1 in % (the mean of the age classes' accuracies, as the original), mean over folds"
             + (" and training seeds" if seeds > 1 else "") + "; 95% intervals over test faces"
@@ -224,11 +246,8 @@ def accuracy(r: dict, t: dict, h: str) -> list[str]:
 
 def versus_baseline(t: dict, h: str) -> list[str]:
     cs = family(t, "vs baseline")
-    rows = [[CONFIG_TITLES[run], f"{chg(find(cs, run, 'gap')['change'])} {interval(find(cs, run, 'gap')['ci_low'], find(cs, run, 'gap')['ci_high'], True)}",
-             find(cs, run, "gap")["verdict"],
-             f"{chg(find(cs, run, 'worst')['change'])} {interval(find(cs, run, 'worst')['ci_low'], find(cs, run, 'worst')['ci_high'], True)}",
-             find(cs, run, "worst")["verdict"]] for run in dict.fromkeys(c["run"] for c in cs)]
-    worst = next((c["statistic"].split("(")[1].split(")")[0] for c in cs if c["statistic"].startswith("worst")), "")
+    rows = [primary_row(CONFIG_TITLES[run], cs, run) for run in runs(cs)]
+    worst = cs[0].worst if cs else ""
     return [f"{h}## SISA versus the monolithic baseline", "",
             f"Change in points (configuration − baseline); the worst race is the baseline's ({worst}), the gap the mean of "
             f"the other races minus it. Holm over {len(cs)} tests.", "",
@@ -240,13 +259,10 @@ def after(t: dict, h: str) -> list[str]:
     if not cs:
         return []
     rows = []
-    for run in dict.fromkeys(c["run"] for c in cs):
-        tag = run[:-len(" after")]
-        g, w = find(cs, run, "gap"), find(cs, run, "worst")
-        before, later = t["levels"][tag]["gap (best - worst)"]["value"], t["levels_after"][tag]["gap (best - worst)"]["value"]
-        rows.append([CONFIG_TITLES[tag], f"{pct(before)} → {pct(later)}",
-                     f"{chg(g['change'])} {interval(g['ci_low'], g['ci_high'], True)}", g["verdict"],
-                     f"{chg(w['change'])} {interval(w['ci_low'], w['ci_high'], True)}", w["verdict"]])
+    for tag in runs(cs):                          # each run after its requests, against itself before
+        before, later = (level(t[key][tag], "gap (best - worst)")["value"] for key in ("levels", "levels_after"))
+        title, *cells = primary_row(CONFIG_TITLES[tag], cs, tag)
+        rows.append([title, f"{pct(before)} → {pct(later)}", *cells])
     return [f"{h}## Fairness after the served requests", "",
             "The same test faces before and after each SISA run served its requests (paired); the worst race is the "
             f"run's own before unlearning, the gap the mean of the other races minus it. Holm over {len(cs)} tests.", "",
@@ -273,11 +289,11 @@ def costs(t: dict, s: dict, h: str) -> list[str]:
         batch_cells = [f"{b[k]['shards_retrained']:.2f}, {pct(b[k]['batch_share_of_full'])}%" if k in b else "–"
                        for k in ("5", "20")]
         sv = u["served"]
+        served = (f"{sv['requests']}: {pct(sv['share_of_full'])}%, {secs(sv['wall_seconds_per_request'])}"
+                  + (" (verified)" if sv["verified"] else "")) if sv["requests"] else "none (`--sample 0`)"
         rows.append([CONFIG_TITLES[tag], f"{e['speedup_vs_baseline']:.2f}x", f"{pct(e['expected_share_of_full'])}%",
                      f"{es['speedup_vs_baseline']:.2f}x / {pct(es['expected_share_of_full'])}%",
-                     f"{ei['speedup_vs_baseline']:.2f}x / {pct(ei['expected_share_of_full'])}%", *batch_cells,
-                     f"{sv['requests']}: {pct(sv['share_of_full'])}%, {secs(sv['wall_seconds_per_request'])}"
-                     + (" (verified)" if sv["verified"] else "")])
+                     f"{ei['speedup_vs_baseline']:.2f}x / {pct(ei['expected_share_of_full'])}%", *batch_cells, served])
     return [f"{h}## Unlearning cost per strategy", "",
             "Expected retraining per request from the likelihood model (no training), first as a speed-up over "
             f"retraining the 1x1 baseline, then as a share of retraining all shards with this study's schedule "
@@ -336,22 +352,22 @@ def figures(layout: StudyLayout, data: dict, summaries_dir: Path) -> dict:
     out = {}
     for test, t in data["tests"].items():
         figs = {}
-        top1 = {CONFIG_TITLES[tag]: pd.Series({g: t["levels"][tag][f"top1 {g}"]["value"] for g in GROUPS}) for tag in t["levels"]}
-        decrease = {CONFIG_TITLES[tag]: pd.Series({g: t["levels"][tag]["best race top1"]["value"] - t["levels"][tag][f"top1 {g}"]["value"]
-                                                   for g in RACES}) for tag in t["levels"]}
+        top1 = {CONFIG_TITLES[tag]: pd.Series({g: level(lv, "top1", g)["value"] for g in GROUPS}) for tag, lv in t["levels"].items()}
+        decrease = {CONFIG_TITLES[tag]: pd.Series({r: level(lv, "decrease vs best", r)["value"] for r in RACES})
+                    for tag, lv in t["levels"].items()}
         name = f"{test}-accuracy"
         plots.bar_chart(top1, decrease, layout.figure(name),
                         title="Top-1 per group; grey: each race's decrease versus the best race")
         figs["accuracy by group"] = layout.figure(name).name
         name = f"{test}-contrasts"
-        plots.contrast_chart(t["contrasts"], layout.figure(name))
+        plots.contrast_chart(chart_rows(t), layout.figure(name))
         figs["changes with 95% intervals"] = layout.figure(name).name
         for tag in ("baseline", "later-slices", "control"):
             if tag in t["per_class"]:
                 square = np.array([[t["per_class"][tag][g][c] if t["per_class"][tag][g][c] is not None else np.nan
-                                    for c in AGE_CLASSES] for g in GROUPS])
+                                    for c in AGE_CLASSES] for g in ORIGINAL_GROUPS])      # the heatmap's rows
                 name = f"{test}-{tag}-heatmap"
-                plots.heatmap(square[[1, 2, 3, 4, 5, 0]], CONFIG_TITLES[tag], layout.figure(name))
+                plots.heatmap(square, CONFIG_TITLES[tag], layout.figure(name))
                 figs[f"{CONFIG_TITLES[tag]}: race x age class"] = layout.figure(name).name
         shares = pd.DataFrame(t["composition"]).T
         name = f"{test}-composition"
@@ -359,6 +375,13 @@ def figures(layout: StudyLayout, data: dict, summaries_dir: Path) -> dict:
         figs["slice composition"] = layout.figure(name).name
         out[test] = figs
     return out
+
+
+def chart_rows(t: dict) -> dict[str, list[dict]]:
+    """The contrasts as plots.contrast_chart labels them: a run after unlearning as '<tag> after', each
+    statistic by its table name."""
+    return {name: [{**c.to_dict(), "run": c.run + (" after" if c.phase == "after" else ""), "statistic": c.label}
+                   for c in family(t, name)] for name in t["contrasts"]}
 
 
 def save_predictions(layout: StudyLayout, data: dict, summaries_dir: Path) -> dict:
@@ -381,6 +404,11 @@ def save_predictions(layout: StudyLayout, data: dict, summaries_dir: Path) -> di
             with np.load(summary.logits) as z:
                 key = pd.MultiIndex.from_arrays([z["fold"], z["filename"].astype(str)])
                 order = key.get_indexer(pd.MultiIndex.from_arrays([faces["fold"], faces["filename"]]))
+                if (order < 0).any():         # get_indexer's -1 would silently take the last face's logits
+                    missing = faces[order < 0].iloc[0]
+                    raise SisaError(f"{summary.logits} lacks {int((order < 0).sum())} of the study's {len(faces)} {test} "
+                                    f"test faces (e.g. fold {missing['fold']}, {missing['filename']}): summary {n} was not "
+                                    "made by this study's evaluation; evaluate its run again with evaluate.py --overwrite")
                 shard_logits = z["shard_logits"][:, order]
             ens = pred[pred["model"] == "ensemble"].sort_values(["fold", "filename"])
             shards = [pred[pred["model"] == f"shard-{s}"].sort_values(["fold", "filename"])["pred1"].to_numpy()

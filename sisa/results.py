@@ -1,7 +1,7 @@
 """RESULTS.md, made from files the code wrote: committed study reports and benchmark JSONs.
 
-    python3 -m sisa.results --out RESULTS.md          # the committed sets (RESULTS_SOURCES below)
-    python3 -m sisa.results --check                   # does RESULTS.md match them? (the tests run this)
+    .venv/bin/python -m sisa.results --out RESULTS.md          # the committed sets (RESULTS_SOURCES below)
+    .venv/bin/python -m sisa.results --check                   # does RESULTS.md match them? (the tests run this)
 
 Nothing in RESULTS.md is typed by hand: each section is rendered from its source file, so the
 numbers it quotes are the numbers in reports/<study>/report.json and benchmarks/results/*.json.
@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from .layout import PROJECT_ROOT, StudyLayout
-from .report import chg, find, interval, pct, render, secs, table
+from .report import CONFIG_TITLES, chg, family, find, interval, level, pct, render, runs, secs, table
+from .stats import Contrast
 
 # The committed sets, in the order RESULTS.md shows them.
 RESULTS_SOURCES = {
@@ -31,15 +32,15 @@ RESULTS_SOURCES = {
 
 INTRO = """# Results: does SISA unlearning with likelihood-based placement change fairness?
 
-Made by `python3 -m sisa.results --out RESULTS.md` from the committed study reports (`reports/published/`) and
+Made by `.venv/bin/python -m sisa.results --out RESULTS.md` from the committed study reports (`reports/published/`) and
 benchmark files (`benchmarks/results/`); a test checks that this file matches them. Every study below
 is one command (`study.py`, shown with each); its report folder also holds the per-face predictions
 of every run, so any other contrast can be computed without retraining.
 """
 
 
-def _fmt(c: dict) -> str:
-    return f"{chg(c['change'])} points {interval(c['ci_low'], c['ci_high'], True)}, {c['verdict']}"
+def _fmt(c: Contrast) -> str:
+    return f"{chg(c.change)} points {interval(c.ci_low, c.ci_high, True)}, {c.verdict}"
 
 
 def summary_section(report_dirs: list[Path]) -> str:
@@ -51,23 +52,24 @@ def summary_section(report_dirs: list[Path]) -> str:
         for test, t in data["tests"].items():
             where = (f"`{s['name']}`, {test} test ({t['faces']['tested']:,} test faces, {s['seeds']} training seed(s) per "
                      f"configuration)")
-            cs = t["contrasts"]
             lv = t["levels"]
-            worst = find(cs["placement vs uniform"], "few-shards", "worst")["statistic"].split("(")[1].split(")")[0]
-            lines.append(f"- **{where}.** Placement versus uniform SISA, the change of the gap between the other races "
-                         f"and {worst}: few shards {_fmt(find(cs['placement vs uniform'], 'few-shards', 'gap'))}; later "
-                         f"slices {_fmt(find(cs['placement vs uniform'], 'later-slices', 'gap'))}.")
-            if "control vs uniform" in cs:
+            placed = family(t, "placement vs uniform")
+            lines.append(f"- **{where}.**" + (
+                f" Placement versus uniform SISA, the change of the gap between the other races and {placed[0].worst}: "
+                + "; ".join(f"{CONFIG_TITLES[run]} {_fmt(find(placed, run, 'gap (others - worst)'))}" for run in runs(placed))
+                + "." if placed else " No placement was run."))
+            control = family(t, "control vs uniform")
+            if control:
                 lines.append(f"  The positive control (every {s['control_race']} training face given a random age class): "
-                             f"{_fmt(find(cs['control vs uniform'], 'control', 'gap'))}; its {s['control_race']} accuracy "
-                             f"{_fmt(find(cs['control vs uniform'], 'control', 'worst'))}.")
-            base = find(cs["vs baseline"], "uniform", "worst")
-            lines.append(f"  Accuracy (random group): baseline {pct(lv['baseline']['top1 random']['value'])}%, uniform "
-                         f"{pct(lv['uniform']['top1 random']['value'])}%; SISA costs the baseline's worst race "
-                         f"{_fmt(base)} (uniform − baseline).")
-            after = cs.get("after vs before unlearning", [])
+                             f"{_fmt(find(control, 'control', 'gap (others - worst)'))}; its {s['control_race']} accuracy "
+                             f"{_fmt(find(control, 'control', 'worst race'))}.")
+            base = find(family(t, "vs baseline"), "uniform", "worst race")
+            lines.append(f"  Accuracy (random group): baseline {pct(level(lv['baseline'], 'top1', 'random')['value'])}%, "
+                         f"uniform {pct(level(lv['uniform'], 'top1', 'random')['value'])}%; SISA costs the baseline's worst "
+                         f"race {_fmt(base)} (uniform − baseline).")
+            after = family(t, "after vs before unlearning")
             if after:
-                verdicts = ", ".join(f"{c['run'][:-6]} {_fmt(c)}" for c in after if c["statistic"].startswith("gap"))
+                verdicts = ", ".join(f"{c.run} {_fmt(c)}" for c in after if c.statistic == "gap (others - worst)")
                 lines.append(f"  After the served requests ({s['sample']} per fold), the change of each run's gap: {verdicts}.")
             u = t["unlearning"]
             lines.append("  Expected speed-up of a request over retraining the 1x1 model, shared / independent request "
@@ -93,7 +95,7 @@ def recipes_section(path: Path) -> str:
                      f"{q['images_per_s']:,.0f}"])
     return "\n".join([
         "## Recipes: accuracy per CPU-second", "",
-        f"`python3 benchmarks/recipes.py --ablations` on {d['device']} ({d['date']}): the 1x1 baseline of the study on "
+        f"`.venv/bin/python benchmarks/recipes.py --ablations` on {d['device']} ({d['date']}): the 1x1 baseline of the study on "
         f"all faces, {p['folds']}-fold test (every face tested once), {p['epochs']} epochs, batch {p['batch_size']}, "
         f"random initial weights, seed {p['seed']}; {p['metric']}. 95% bootstrap interval for the random group "
         f"({p['n_boot']} resamples). Seconds are training time per fold on that machine (other work ran beside some "
@@ -117,7 +119,7 @@ def rerun_section(pairs: list[tuple[Path, Path]]) -> str:
             cells = []
             for t in tags:
                 before = next(c for c in old["configs"] if c["tag"] == t)["top1"][g]
-                after = levels[t][f"top1 {g}"]["value"]
+                after = level(levels[t], "top1", g)["value"]
                 cells.append(f"{pct(before)} → {pct(after)} ({100 * (after - before):+.1f})")
             rows.append([g, *cells])
         s, o = new["settings"], old["settings"]
@@ -130,7 +132,7 @@ def rerun_section(pairs: list[tuple[Path, Path]]) -> str:
             f"epochs per stage with `--slice_epochs full`, {o['folds']} folds, all faces; "
             f"`{old_path.relative_to(PROJECT_ROOT).as_posix()}`) rerun with the same folds, epochs, schedule, "
             f"test protocol ({tested:,} test faces over the folds) and configurations, and the strong recipe (`{s['model']}`, "
-            f"{s['seeds']} training seed(s)): `python3 study.py --preset cpu --epochs {s['epochs']} --slice_epochs {s['slice_epochs']} "
+            f"{s['seeds']} training seed(s)): `.venv/bin/python study.py --preset cpu --epochs {s['epochs']} --slice_epochs {s['slice_epochs']} "
             f"--no_control --sample {s['sample']}{flags} --name {s['name']}` (report: "
             f"`{StudyLayout(report_dir).report_md.relative_to(PROJECT_ROOT).as_posix()}`). Top-1 in %, before → after "
             "(change in points):", "",
@@ -153,7 +155,7 @@ def fresh_clone_section(paths: list[Path]) -> str:
                      f"`{p.relative_to(PROJECT_ROOT).as_posix()}`"])
     return "\n".join([
         "## The quick start, timed from fresh clones", "",
-        "`./setup.sh && .venv/bin/python study.py` in a new clone (`python3 benchmarks/fresh_clone.py`): the wall "
+        "`./setup.sh && .venv/bin/python study.py` in a new clone (`.venv/bin/python benchmarks/fresh_clone.py`): the wall "
         "time of `study.py` (its preset chosen by `auto`; `setup.sh` not included), the report's baseline top-1 "
         "(random group, %) and the positive control's change of the gap (points).", "",
         table(["date", "commit", "machine", "study.py wall time", "baseline random", "control: change of the gap",
@@ -188,7 +190,7 @@ def old_gpu_section(paths: list[Path]) -> str:
 def study_section(report_dir: Path) -> str:
     data = json.loads(StudyLayout(report_dir).report_json.read_text())
     s = data["settings"]
-    command = ["python3 study.py", f"--preset {s['preset']}", f"--name {s['name']}"]
+    command = [".venv/bin/python study.py", f"--preset {s['preset']}", f"--name {s['name']}"]
     if s["seeds"] > 1:
         command.append(f"--seeds {s['seeds']}")
     if list(s["tests"]) != ["kfold"]:
@@ -229,7 +231,7 @@ def main(argv=None) -> int:
     if a.check:
         current = (PROJECT_ROOT / "RESULTS.md").read_text()
         if current != text:
-            print("RESULTS.md differs from what its sources make: run python3 -m sisa.results --out RESULTS.md",
+            print("RESULTS.md differs from what its sources make: run .venv/bin/python -m sisa.results --out RESULTS.md",
                   file=sys.stderr)
             return 1
         print("RESULTS.md matches its sources")

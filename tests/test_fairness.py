@@ -1,11 +1,16 @@
-"""Metrics and fairness statistics against hand-worked toy predictions."""
+"""Metrics and fairness statistics against hand-worked toy predictions, and evaluate.py --compare."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import call_script
+from sisa import stats
 from sisa.data import RACES
-from sisa.fairness import (compare_runs, fairness_stats, fairness_table, metricframe_by_fold, original_summaries,
-                           race_replicates, tidy_metrics)
+from sisa.fairness import (compare_runs, fairness_table, group_replicates, metricframe_by_fold, original_summaries,
+                           tidy_metrics)
+from sisa.layout import SummaryLayout
 
 
 def toy(fold=0, shift=0):
@@ -55,9 +60,9 @@ def test_original_summaries_shapes_and_means_over_folds():
     assert square.shape == (6, 7) and square[0, 0] == 1.0 and np.isnan(square[0, 6])
 
 
-def test_fairness_stats_by_hand():
-    s = fairness_stats(np.array([[1.0, 0.75, 0.5, 0.25, 0.2]])).iloc[0]
-    assert s["worst race top1"] == 0.2 and s["best race top1"] == 1.0
+def test_level_stats_by_hand():
+    s = stats.level_stats(np.array([[0.9, 1.0, 0.75, 0.5, 0.25, 0.2]])).iloc[0]     # random, then the races
+    assert s["worst race top1"] == 0.2 and s["best race top1"] == 1.0 and s["top1 random"] == 0.9
     assert s["gap (best - worst)"] == pytest.approx(0.8) and s["ratio (worst / best)"] == pytest.approx(0.2)
     assert s["decrease black vs best"] == pytest.approx(0.25) and s["decrease white vs best"] == 0
 
@@ -66,9 +71,10 @@ def test_metricframe_and_bootstrap_agree_and_intervals_cover_the_estimate():
     pred = pd.concat([toy(0), toy(1, shift=1)])
     mf = metricframe_by_fold(pred)
     assert mf["top1 black"].tolist() == pytest.approx([0.75, 0.75]) and mf["gap"].tolist() == pytest.approx([1.0, 1.0])
-    reps = race_replicates(pred, "balanced", 200)
-    assert reps.shape == (201, 5) and reps[0] == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    reps = group_replicates(pred, "balanced", 200)
+    assert reps.shape == (201, 6) and reps[0] == pytest.approx([0.5, 1.0, 0.75, 0.5, 0.25, 0.0])   # random, races
     table = fairness_table(pred, "balanced", 200)
+    assert "top1 random" not in table.index and len(table) == 14        # the statistics across races
     assert table.loc["gap (best - worst)", "value"] == pytest.approx(1.0)
     assert (table["ci_low"] <= table["value"] + 1e-12).all() and (table["value"] <= table["ci_high"] + 1e-12).all()
     assert table.loc["gap (best - worst)", "interval"] == "basic" and table.loc["top1 black", "interval"] == "percentile"
@@ -84,9 +90,73 @@ def test_compare_versus_the_baseline_by_hand():
     worse.loc[black, "pred1"] = (worse.loc[black, "age_class"] + 1) % 7          # black: every face wrong now
     side, changes = compare_runs({"base": base, "worse": worse}, {"base": "balanced", "worse": "balanced"}, "base", 200)
     assert side.loc["top1 black", "base"] == pytest.approx(0.75) and side.loc["top1 black", "worse"] == 0.0
-    ch = changes.set_index("statistic")
+    records = [stats.Contrast.from_dict(row) for row in changes.to_dict(orient="records")]
+    assert {c.family for c in records} == {"versus the baseline", "versus the baseline, by group"}
+    ch = changes.assign(statistic=[c.label for c in records]).set_index("statistic")
     # the baseline's best race is white (1.0) and its worst other (0.0): the gap between those two is unchanged
     assert ch.loc["top1 black", "change"] == pytest.approx(-0.75) and ch.loc["gap (white - other)", "change"] == 0
     assert ch.loc["worst race (other) top1", "change"] == 0 and bool(ch["paired"].all())
     assert ch.loc["gap (white - other)", "verdict"].startswith("inconclusive (detectable ±")
     assert ch.loc["top1 black", "verdict"] == "lower"
+
+
+def _summaries(root, name, pred, forgotten=0):
+    """The files evaluate.py --compare reads of an evaluated run, from a toy predictions table."""
+    out = SummaryLayout(root, name)
+    root.mkdir(parents=True, exist_ok=True)
+    pred.to_csv(out.predictions, index=False)
+    tidy_metrics(pred).to_csv(out.results_csv, index=False)
+    out.info.write_text(json.dumps({"test_kind": "balanced", "unlearning_requests_served": forgotten}))
+
+
+def test_compare_prints_points_and_says_which_contrast_has_no_verdict(tmp_path):
+    """evaluate.py --compare: one unit on screen (points), and a model whose races all score the same
+    gets no verdict for the gap between its 'best' and 'worst' race (both the same race)."""
+    base = pd.concat([toy(0), toy(1, shift=1)])
+    flat = base.assign(pred1=base["age_class"])                      # every face right: every race 100%
+    worse = base.copy()
+    black = worse["filename"].str.startswith("black")
+    worse.loc[black, "pred1"] = (worse.loc[black, "age_class"] + 1) % 7
+    sums = tmp_path / "s"
+    _summaries(sums, "base", base)
+    _summaries(sums, "worse", worse, forgotten=3)
+    _summaries(sums, "flat", flat)
+    proc = call_script("evaluate.py", "--compare", "base", "worse", "--summaries_dir", sums, "--n_boot", 100)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    lines = out.splitlines()
+    assert next(l for l in lines if l.startswith("top1 black")).split() == ["top1", "black", "75.0", "0.0"]
+    assert "faces forgotten: base 0, worse 3" in out
+    row = next(l for l in lines if l.lstrip().startswith("worse") and "top1 black" in l)
+    assert row.split() == ["worse", "top1", "black", "-75.0", "[-100.0,", "-50.0]", "lower", "paired"]
+    gap = next(l for l in lines if "gap (white - other)" in l)          # the detectable change: points too
+    assert gap.split()[5:] == ["+0.0", "[+0.0,", "+0.0]", "inconclusive", "(detectable", "±0.0)", "paired"]
+    assert "0.75" not in out and "0.25" not in out                      # no fraction on screen
+    changes = pd.read_csv(sums / "compare-base-vs-worse-changes.csv")          # files keep fractions
+    assert changes.loc[changes["group"] == "black", "change"].iloc[0] == pytest.approx(-0.75)
+
+    proc = call_script("evaluate.py", "--compare", "flat", "worse", "--summaries_dir", sums, "--n_boot", 100)
+    assert proc.returncode == 0, proc.stderr
+    gap = next(line for line in proc.stdout.splitlines() if "gap (white - white)" in line)
+    assert "no verdict: flat's best and worst race are the same (white), so this gap is 0 by construction" in gap
+    assert "inconclusive" not in gap
+
+
+def test_compare_suggests_a_command_that_makes_the_missing_summaries(tmp_path):
+    """A summary named after unlearning is the run's name plus -unlearned<N>: the command to make it
+    evaluates the run, and writes where --compare looks (its --summaries_dir, --checkpoints_dir)."""
+    sums, ck = tmp_path / "s", tmp_path / "ck"
+    _summaries(sums, "base", pd.concat([toy(0), toy(1, shift=1)]))
+    (ck / "my-run").mkdir(parents=True)
+    (ck / "my-run" / "config.json").write_text("{}")
+    proc = call_script("evaluate.py", "--compare", "base", "my-run-unlearned5", "--summaries_dir", sums,
+                       "--checkpoints_dir", ck)
+    assert proc.returncode == 1
+    line = proc.stderr.strip()
+    assert f".venv/bin/python evaluate.py --run_dir my-run --checkpoints_dir {ck} --summaries_dir {sums} (it names them " \
+           "my-run-unlearned5 once the run has forgotten 5 faces)" in line
+    assert "--run_dir my-run-unlearned5" not in line and "either" not in line
+    proc = call_script("evaluate.py", "--compare", "base", "nope", "--summaries_dir", sums, "--checkpoints_dir", ck)
+    line = proc.stderr.strip()
+    assert f"evaluate.py --run_dir nope --checkpoints_dir {ck} --summaries_dir {sums}; no run nope in {ck} either: " \
+           "give the run they come from, and --name nope" in line
