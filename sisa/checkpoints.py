@@ -123,3 +123,45 @@ def leading_ok(statuses: list[Status]) -> int:
     while n < len(statuses) and statuses[n].state == "ok":
         n += 1
     return n
+
+
+def missing_stages(layout: RunLayout, cfg: RunConfig, partitions: list[pd.DataFrame],
+                   every_slice: bool = False) -> dict[int, list[str]]:
+    """For each fold, the checkpoints that keep it from being used (an empty list: complete).
+
+    Per shard it names the first stage that is not complete and current, which is where `train.py`
+    resumes: 'shard 1 slice 1 missing' for a run interrupted there, whichever command asks.
+    Evaluation needs every shard's final model (`every_slice` False: a shard counts only when its
+    last checkpoint is unusable); unlearning may restart from any stage (`every_slice`: any unusable
+    checkpoint counts). A fold with no checkpoint at all is 'nothing trained yet'."""
+    out = {}
+    for fold in range(cfg.folds):
+        firsts = []
+        for shard in range(cfg.num_shards):
+            states = shard_statuses(layout, partitions[fold], fold, shard, cfg.num_slices)
+            first = leading_ok(states)
+            if first < cfg.num_slices and (every_slice or states[-1].state != "ok"):
+                firsts.append((shard, first, states[first].state))
+        if len(firsts) == cfg.num_shards and all(l == 0 and st == "missing" for _, l, st in firsts):
+            out[fold] = ["nothing trained yet"]
+        else:
+            out[fold] = [f"shard {s} slice {l} {st}" for s, l, st in firsts]
+    return out
+
+
+def usable_folds(layout: RunLayout, cfg: RunConfig, partitions: list[pd.DataFrame], use: str,
+                 folds: list[int] | None = None, every_slice: bool = False, allow_partial: bool = False,
+                 fix: str = "finish it with train.py") -> list[int]:
+    """The folds of `folds` (default: all) whose checkpoints are all there for `use` ('evaluate',
+    'unlearn'), or one SisaError listing what is missing (`missing_stages`): when any fold is
+    incomplete (the message ends with `fix`), or, with `allow_partial`, when none is complete."""
+    problems = missing_stages(layout, cfg, partitions, every_slice)
+    wanted = range(cfg.folds) if folds is None else folds
+    bad = {f: problems[f] for f in wanted if problems[f]}
+    listed = "; ".join(f"fold {f}: {', '.join(p)}" for f, p in bad.items())
+    complete = [f for f in wanted if not problems[f]]
+    if bad and not allow_partial:
+        raise SisaError(f"run {cfg.name} is not fully trained ({listed}); {fix}")
+    if not complete:
+        raise SisaError(f"run {cfg.name} has no complete fold to {use} ({listed}); finish it with train.py")
+    return complete

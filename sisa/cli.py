@@ -6,6 +6,7 @@ non-zero exit: usage mistakes exit 2 (argparse), problems with files or runs exi
 from __future__ import annotations
 
 import argparse
+
 import sys
 import warnings
 from pathlib import Path
@@ -16,6 +17,7 @@ from .device import PRECISIONS
 from .errors import SisaError
 from .experiment import Options
 from .layout import DEFAULT_CACHE, DEFAULT_CHECKPOINTS, DEFAULT_DATA, DEFAULT_SUMMARIES
+
 
 D = RunConfig()   # the defaults, in one place
 
@@ -66,7 +68,9 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="a positive control: this fraction of --control_race's training faces get a random age class "
                         f"(test labels untouched; default {D.label_noise})")
     g.add_argument("--put_in", choices=PUT_IN, default=D.put_in,
-                   help=f"with sorted placement: high-likelihood faces fill as few 'shard's as possible, or the last 'slice's of every shard (default {D.put_in})")
+                   help="with sorted or segregated placement: the faces placed first (high likelihood, or "
+                        "--control_race's) fill as few 'shard's as possible, or the last 'slice's of every shard; "
+                        f"random placement takes only slice (default {D.put_in})")
     g.add_argument("--folds", type=positive_int, default=D.folds,
                    help=f"K repetitions of the whole experiment, each with its own test set and partition (default {D.folds})")
     g.add_argument("--test_per_cell", type=count, default=D.test_per_cell,
@@ -83,10 +87,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help=f"side of the square faces in px (default {D.image_size}, the original's)")
     g.add_argument("--likelihood_factors", default=D.likelihood_factors,
                    help=f"factors of the GDPR knowledge k, comma-separated from age,gender,race, or none (default {D.likelihood_factors})")
-    g.add_argument("--recipe", choices=RECIPE_NAMES, default=D.recipe,
-                   help="original: the poster's Adam, step schedule and augmentations, bit for bit; strong: AdamW, "
-                        "one-cycle, logit-adjusted loss, flip and shift, flip test-time augmentation (README 'Recipes'; "
-                        f"default {D.recipe})")
+    g.add_argument("--recipe", choices=RECIPE_NAMES, default=D.recipe, help=recipe_help())
     g.add_argument("--model", choices=MODELS, default=D.model,
                    help="resnet18: the original's ResNet-18 classifier; cnn: its small 4-conv net for CPU runs; "
                         f"cnn-max: that net with max pooling, better at 32 px (default {D.model})")
@@ -100,21 +101,37 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=positive_float, default=None,
                    help="peak learning rate (default: the recipe's, " +
                         ", ".join(f"{k} {v:g}" for k, v in RECIPE_LR.items()) + ")")
-    g.add_argument("--no_augment", action="store_true", help="train on plain normalised faces, without the recipe's augmentations")
+    g.add_argument("--no_augment", action="store_true", help="train on plain normalised faces, without the recipe's augmentations (default off: the recipe's)")
     g.add_argument("--run_name", default=D.run_name,
                    help="folder name under --checkpoints_dir (default <strategy>-<put_in>-<S>x<R>)")
 
 
-def add_option_args(p: argparse.ArgumentParser, new_run: bool = True, engine: bool = False) -> None:
-    """Where and how; `new_run` False (evaluate, unlearn): the data defaults to what the run recorded."""
+def recipe_help() -> str:
+    """--recipe's help, the strong recipe's augmentation read from the recipe itself (so it cannot drift)."""
+    from .recipe import RECIPES
+
+    strong = RECIPES["strong"]
+    augment = (f"a horizontal flip and a shift of up to {strong.shift:g} of the face" if strong.shift
+               else "a horizontal flip as the only augmentation (no shift)")
+    tta = "flip test-time augmentation" if strong.tta == "flip" else "no test-time augmentation"
+    return (f"original: the poster's Adam, step schedule and augmentations, bit for bit; strong: AdamW, one-cycle, "
+            f"logit-adjusted loss, {augment}, {tta} (docs/recipes.md; default {D.recipe})")
+
+
+def add_option_args(p: argparse.ArgumentParser, new_run: bool = True, engine: bool = False,
+                    images_for: str | None = None) -> None:
+    """Where and how; `new_run` False (evaluate, unlearn): the data defaults to what the run recorded,
+    and `images_for` says what the command reads the images for."""
+    if not (new_run or images_for):
+        raise ValueError("a command on an existing run says what it reads the images for (images_for)")
     g = p.add_argument_group("where and how (not part of the run's identity)")
     if new_run:
         g.add_argument("--data_dir", type=Path, default=DEFAULT_DATA, help=f"folder of UTKFace images (default {DEFAULT_DATA})")
         g.add_argument("--cache_dir", type=Path, default=DEFAULT_CACHE, help=f"decoded-image cache (default {DEFAULT_CACHE})")
-        g.add_argument("--strict_data", action="store_true", help="any bad data file is fatal instead of skipped and reported")
+        g.add_argument("--strict_data", action="store_true", help="any bad data file is fatal instead of skipped and reported (default off)")
     else:
         g.add_argument("--data_dir", type=Path, default=None,
-                       help="folder of UTKFace images, needed only for models not yet evaluated (default: the run's own, from run.json)")
+                       help=f"folder of UTKFace images, {images_for} (default: the run's own, from run.json)")
         g.add_argument("--cache_dir", type=Path, default=None, help="decoded-image cache (default: the run's own, from run.json)")
     g.add_argument("--checkpoints_dir", type=Path, default=DEFAULT_CHECKPOINTS, help=f"where run folders live (default {DEFAULT_CHECKPOINTS})")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available (default auto)")
@@ -123,7 +140,7 @@ def add_option_args(p: argparse.ArgumentParser, new_run: bool = True, engine: bo
         g.add_argument("--engine", choices=ENGINES, default="eager",
                        help="eager: every step launched from Python; graphs: each shard's step captured and replayed "
                             "as a CUDA graph (CUDA only; on a CPU it falls back to eager) (default eager)")
-    g.add_argument("--no_progress", action="store_true", help="no progress bars (for logs)")
+    g.add_argument("--no_progress", action="store_true", help="no progress bars, for logs (default off: bars on)")
 
 
 def add_precision_arg(g) -> None:

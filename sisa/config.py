@@ -11,6 +11,7 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import SisaError
@@ -37,7 +38,8 @@ class RunConfig:
     likelihood_factors: str = "gender,race"  # factors of the knowledge k (original: gender,race; 'age' too; '' = none)
     # --- partition --------------------------------------------------------------------------
     strategy: str = "random-balanced"       # <placement>-<test set>: placement random|sorted|segregated, test random|balanced|kfold
-    put_in: str = "slice"                   # sorted placement: high-likelihood faces fill few 'shard's or the last 'slice's
+    put_in: str = "slice"                   # sorted/segregated placement: those faces fill few 'shard's or the last
+                                            # 'slice's; random placement has nothing to put first: 'slice' only
     control_race: str = "black"             # the race of the diagnostics: segregated placement, label noise
     num_shards: int = 5                     # S disjoint shards, one model each (baseline: 1)
     num_slices: int = 3                     # R cumulative slices per shard, a checkpoint after each (baseline: 1)
@@ -58,6 +60,8 @@ class RunConfig:
     augment: bool = True                    # the recipe's augmentations (off: plain normalised images)
     label_noise: float = 0.0                # the positive control: this fraction of --control_race's training faces
                                             # get a random age class (test labels are never touched)
+    arm: int = 0                            # another draw of the placement on the same folds, flags and training
+                                            # keys (a study's A/A arm: two uniform placements); 0 keeps the old keys
     run_name: str = ""                      # folder name under checkpoints/; '' = <strategy>-<put_in>-<S>x<R>
 
     def __post_init__(self) -> None:
@@ -76,6 +80,22 @@ class RunConfig:
     def _training(self) -> tuple:
         # None keeps the keys of runs made before training seeds existed, so they resume bit for bit
         return () if self.training_seed is None else ("training-seed", self.training_seed)
+
+    @property
+    def recorded(self) -> bool:
+        """Whether this is the configuration a run folder recorded (from_dict, as_recorded): such a run
+        was valid when it was made, so rules added since (random placement with put_in shard) hold
+        for new runs only, and an older run still opens, resumes and unlearns."""
+        return self.__dict__.get("_recorded", False)
+
+    def as_recorded(self, config_json: Path) -> "RunConfig":
+        """The configuration the run folder's `config.json` recorded when it is this very one (a resume),
+        else self."""
+        try:
+            old = RunConfig.from_dict(json.loads(config_json.read_text()))
+        except (OSError, ValueError, TypeError, SisaError):
+            return self          # no run there, or one that opening it will explain
+        return old if old == self else self
 
     @property
     def placement(self) -> str:
@@ -112,12 +132,19 @@ class RunConfig:
             raise bad("label_noise", self.label_noise, "give a fraction between 0 and 1")
         if self.put_in not in PUT_IN:
             raise bad("put_in", self.put_in, "choose shard or slice")
+        if self.put_in == "shard" and self.placement == "random" and not self.recorded:
+            raise bad("put_in", self.put_in, "random placement puts no faces first, so 'shard' would change nothing "
+                      f"(and name the run as if it did); leave --put_in at slice, or choose a placement that puts faces "
+                      f"first: --strategy sorted-{self.test_kind} or segregated-{self.test_kind}")
         if self.recipe not in RECIPE_NAMES:
             raise bad("recipe", self.recipe, f"choose one of {', '.join(RECIPE_NAMES)}")
         if self.model not in MODELS:
             raise bad("model", self.model, f"choose one of {', '.join(MODELS)}")
         if self.weights == "imagenet" and self.model != "resnet18":
             raise bad("weights", self.weights, f"there are no pretrained weights for the {self.model} model; use none or a PATH")
+        if self.weights not in ("auto", "imagenet", "none") and not self.recorded and not Path(self.weights).is_file():
+            raise bad("weights", self.weights, "no such file; give the path of a saved state dict, or auto, imagenet "
+                      "or none")
         if self.slice_epochs not in SLICE_EPOCHS:
             raise bad("slice_epochs", self.slice_epochs, "choose full or sisa")
         for flag in ("num_shards", "num_slices", "folds", "epochs", "batch_size", "image_size"):
@@ -134,6 +161,8 @@ class RunConfig:
             raise SisaError("the test set would be empty: set --test_per_cell or --test_random above 0")
         if self.limit is not None and self.limit < 1:
             raise bad("limit", self.limit, "give a number of faces >= 1, or leave it out for all faces")
+        if self.arm < 0:
+            raise bad("arm", self.arm, "it must be a whole number >= 0")
         if self.training_seed is not None and self.training_seed < 0:
             raise bad("training_seed", self.training_seed, "it must be a whole number >= 0")
         if self.lr is None or not self.lr > 0:
@@ -158,7 +187,9 @@ class RunConfig:
         if unknown:
             raise SisaError(f"run config has unknown fields {sorted(unknown)}: it was written by "
                             "another version of this project; retrain or use that version")
-        return cls(**d)
+        cfg = cls(**d)
+        object.__setattr__(cfg, "_recorded", True)   # not a field: not saved, not compared
+        return cfg
 
     def differences(self, other: "RunConfig") -> list[str]:
         """Human-readable 'field: old -> new' for every field that differs."""

@@ -1,0 +1,226 @@
+"""What unlearn.py does, callable from Python: serve requests, prove them, price them, report them.
+
+    from sisa import serving
+    from sisa.experiment import Options
+
+    opts = Options(device="cpu")
+    serving.serve_requests("sorted-balanced-slice-5x3", opts, sample=5)           # 5 requests per fold
+    serving.serve_requests("sorted-balanced-slice-5x3", opts, requests="faces.txt", fold=0, batched=True)
+    assert serving.verify_run("sorted-balanced-slice-5x3", opts)                  # no checkpoint saw a forgotten face
+    serving.price_requests("sorted-balanced-slice-5x3", opts, batch_sizes=[5, 20])   # expected cost, no training
+    serving.write_report(["random-balanced-slice-5x3", "sorted-balanced-slice-5x3"], opts, "summaries")
+
+A run is a name under `opts.checkpoints_dir`, a path, or a RunLayout. Each function prints the lines
+unlearn.py prints (`say` sends them elsewhere) and returns what they say. Serving, verifying and
+pricing take the run's lock and first finish a request a crash left committed; the report only reads.
+The mechanics (retraining a shard, the crash-safe commit, costs) are in unlearning.py and commit.py.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import pandas as pd
+
+from . import unlearning
+from .checkpoints import usable_folds
+from .commit import finish_and_report, pending_note
+from .distributed import World
+from .errors import SisaError
+from .experiment import Experiment, Options, open_run
+from .layout import RunLayout, SummaryLayout, run_layout, unlearning_report
+from .store import run_lock, write_text
+
+Say = Callable[[str], None]       # where the lines go: print, a logger, a list's append
+
+
+def _layout(run: str | Path | RunLayout, opts: Options) -> RunLayout:
+    return run if isinstance(run, RunLayout) else run_layout(str(run), opts.checkpoints_dir)
+
+
+@contextlib.contextmanager
+def _opened(layout: RunLayout, opts: Options, fold: int | None, world: World = World(), serving: bool = False,
+            say: Say = print) -> Iterator[tuple[Experiment, list[int]]]:
+    """The run under its lock (rank 0 holds it for a torchrun job), interrupted commits finished, and
+    the folds asked for."""
+    with run_lock(layout.lock, "unlearn.py") if world.rank == 0 else contextlib.nullcontext():
+        if world.rank == 0:
+            finish_and_report(layout, say)     # an unlearning request a crash left committed
+        if serving:
+            world.barrier()                    # the other ranks read the run once it is finished
+        exp = open_run(layout, opts, with_images=False)
+        if fold is not None and fold >= exp.cfg.folds:
+            raise SisaError(f"--fold {fold} does not exist: run {exp.cfg.name} has folds 0..{exp.cfg.folds - 1}")
+        yield exp, list(range(exp.cfg.folds)) if fold is None else [fold]
+
+
+# ---- serving -----------------------------------------------------------------------------------
+def serve_requests(run: str | Path | RunLayout, opts: Options, requests: str | Path | None = None,
+                   sample: int | None = None, fold: int | None = None, seed: int = 0, batched: bool = False,
+                   world: World = World(), say: Say = print) -> list[dict]:
+    """Forget the faces listed in the file `requests`, or `sample` faces per fold drawn by request
+    likelihood (seeded by `seed`), in every fold or in `fold`; one request at a time, or (`batched`)
+    each shard once for all of its requests. Returns the log records (unlearning/log.jsonl) of the
+    requests served. With torchrun (`world`), rank 0 plans and every rank serves its share of the shards.
+
+        serving.serve_requests("sorted-balanced-slice-5x3", Options(), sample=20, batched=True)
+    """
+    if (requests is None) == (sample is None):
+        raise SisaError("give the faces to forget: a request file or a number of faces to sample, not both")
+    layout = _layout(run, opts)
+    with _opened(layout, opts, fold, world, serving=True, say=say) as (exp, folds):
+        # rank 0 decides (it sees the run as it is now); the others serve their share of its plan
+        plan = world.broadcast(plan_requests(exp, folds, requests, sample, seed, say) if world.rank == 0 else None)
+        records = []
+        for k, n, r in unlearning.serve_plan(exp.layout, opts, plan, world, batched=batched):
+            records.append(r)
+            together = f" in a batch of {r['batch_size']}" if r["batch_size"] > 1 else ""
+            share = " (its share)" if together else ""
+            say(f"fold {k}: forgot {n} (shard {r['shard']}, slice {r['slice']}){together}: retrained "
+                f"{len(r['stages_retrained'])} stage(s), {r['faces_x_epochs']:,.0f} faces x epochs{share} = "
+                f"{100 * r['share_of_full']:.1f}% of retraining all shards ({r['speedup_vs_full']:.2f}x faster; "
+                f"{r['speedup_vs_baseline']:.2f}x faster than the 1x1 baseline), {r['wall_seconds']:.1f} s{share}")
+        records = [r for rs in world.gather(records) for r in rs]
+        world.barrier()
+        if world.rank != 0:
+            return records
+        if world.active:             # serve_plan tidies itself when it is the only process
+            unlearning.tidy_pending(exp.layout)
+        say(served_summary(records, batched))
+        say(f"log: {exp.layout.unlearning_log}; check with: .venv/bin/python unlearn.py --run_dir {exp.cfg.name} --verify")
+    return records
+
+
+def plan_requests(exp: Experiment, folds: list[int], requests: str | Path | None = None, sample: int | None = None,
+                  seed: int = 0, say: Say = print) -> dict[int, list[str]]:
+    """{fold: [faces to forget]}, after checking that the run is fully trained and the requests are
+    training faces of it (test faces, forgotten and absent ones are said and skipped)."""
+    usable_folds(exp.layout, exp.cfg, exp.partitions, "unlearn", folds, every_slice=True,
+                 fix="finish it with train.py before unlearning")
+    plan = {}
+    if requests is not None:
+        names = unlearning.read_requests(requests)
+        known = set().union(*(set(p["filename"]) for p in exp.partitions))
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise SisaError(f"{len(unknown)} requested face(s) are not in run {exp.cfg.name}, e.g. {unknown[0]}; "
+                            "check the names (file names as in the data folder)")
+        for k in folds:
+            todo = []
+            for n in names:
+                state, shard, slice_ = unlearning.locate(exp.partitions[k], n)
+                if state == "train":
+                    todo.append(n)
+                else:
+                    why = {"test": "is a test face in this fold: never trained on, nothing to forget",
+                           "forgotten": "is already forgotten", "absent": "is not in this fold"}[state]
+                    say(f"fold {k}: {n} {why}")
+            plan[k] = todo
+    else:
+        plan = {k: unlearning.sample_requests(exp.partitions[k], sample, seed, k) for k in folds}
+    if not any(plan.values()):
+        raise SisaError("nothing to unlearn: every requested face is a test face, already forgotten or absent")
+    return plan
+
+
+def served_summary(records: list[dict], batched: bool = False) -> str:
+    """One line: what the served requests cost, against retraining all shards, the 1x1 baseline and
+    the recorded training time."""
+    cost = sum(r["faces_x_epochs"] for r in records)
+    full = sum(r["full_faces_x_epochs"] for r in records)
+    base = sum(r["baseline_faces_x_epochs"] for r in records)
+    wall = sum(r["wall_seconds"] for r in records)
+    trained = sum(r["full_training_seconds_recorded"] for r in records)
+    each = "once per shard's batch" if batched else "each time"
+    return (f"served {len(records)} request(s): {cost:,.0f} faces x epochs retrained, versus {full:,.0f} for retraining "
+            f"all shards {each} ({full / max(cost, 1):.2f}x) and {base:,.0f} for the 1x1 baseline "
+            f"({base / max(cost, 1):.2f}x); {wall:.1f} s of wall time versus {trained:.1f} s the full trainings took "
+            f"({trained / max(wall, 1e-9):.2f}x)")
+
+
+# ---- proof and cost ----------------------------------------------------------------------------
+def verify_run(run: str | Path | RunLayout, opts: Options, fold: int | None = None, say: Say = print) -> bool:
+    """Whether every checkpoint in use (of every fold, or of `fold`) was trained on exactly the faces
+    the partition allows, forgotten ones excluded; says so per shard.
+
+        ok = serving.verify_run("sorted-balanced-slice-5x3", Options())
+    """
+    with _opened(_layout(run, opts), opts, fold, say=say) as (exp, folds):
+        rows = [r for r in unlearning.verify(exp) if r["fold"] in folds]
+    for r in rows:
+        say(f"fold {r['fold']} shard {r['shard']}: {'OK' if r['ok'] else 'VIOLATION'} "
+            f"({r['forgotten']} forgotten face(s)): {r['detail']}")
+    bad = [r for r in rows if not r["ok"]]
+    say("verified: no checkpoint in use was trained on a forgotten face" if not bad else
+        f"{len(bad)} shard(s) fail verification: retrain them with train.py (same command as the run)")
+    return not bad
+
+
+def price_requests(run: str | Path | RunLayout, opts: Options, fold: int | None = None, request_model: str = "shared",
+                   batch_sizes: Sequence[int] = (), draws: int = 1000, seed: int = 0, say: Say = print) -> list[dict]:
+    """The expected retraining cost of one request drawn from `request_model` (exact, from the
+    partition), and per request of batches of each of `batch_sizes` (Monte Carlo over `draws` batches,
+    seeded by `seed`), for every fold or `fold`; no training. Returns the unlearning.expected_cost
+    and expected_batch_cost dicts, each with its fold.
+
+        serving.price_requests("sorted-balanced-shard-5x3", Options(), request_model="independent")
+    """
+    out = []
+    with _opened(_layout(run, opts), opts, fold, say=say) as (exp, folds):
+        meaning = ("the flag and the request share one latent draw" if request_model == "shared"
+                   else "requests proportional to k, independent of the flag")
+        say(f"request model: {request_model} ({meaning})")
+        for k in folds:
+            e = unlearning.expected_cost(exp.partitions[k], exp.cfg, request_model)
+            out.append({"fold": k, **e})
+            say(f"fold {k}: expected retraining per request {e['expected_faces_x_epochs']:,.0f} faces x epochs: "
+                f"{e['speedup_vs_baseline']:.2f}x faster than retraining the 1x1 baseline; "
+                f"{100 * e['expected_share_of_full']:.1f}% of retraining all shards ({e['speedup_vs_full']:.2f}x faster, "
+                f"with --slice_epochs {exp.cfg.slice_epochs})")
+            for b in batch_sizes or []:
+                e = unlearning.expected_batch_cost(exp.partitions[k], exp.cfg, b, draws, seed, k, request_model)
+                out.append({"fold": k, **e})
+                lo, hi = e["per_request_interval"]
+                say(f"fold {k}: batches of {b}: {e['shards_retrained']:.2f} shard(s) retrained per batch, "
+                    f"{e['per_request_faces_x_epochs']:,.0f} faces x epochs per request [95% of batches: "
+                    f"{lo:,.0f}-{hi:,.0f}]; a batch costs {100 * e['batch_share_of_full']:.1f}% of retraining "
+                    f"all shards (speed-up {e['speedup_vs_full']:.2f}x; versus retraining the 1x1 baseline "
+                    f"once per batch: {e['speedup_vs_baseline']:.2f}x)")
+    return out
+
+
+# ---- across runs -------------------------------------------------------------------------------
+def write_report(runs: list[str | Path | RunLayout], opts: Options, summaries_dir: str | Path,
+                 out: str = "unlearning-report", overwrite: bool = False, request_model: str = "shared",
+                 say: Say = print) -> pd.DataFrame:
+    """Per run, the expected and measured cost of a request and the fairness gap of its evaluate.py
+    summary (missing: NaN), as `<summaries_dir>/<out>.csv` and a figure `.png`; returns the table.
+    Read-only: it takes no lock and finishes nothing (a run being served may be read mid-request).
+
+        serving.write_report(["random-balanced-slice-5x3", "sorted-balanced-shard-5x3"], Options(), "summaries")
+    """
+    from . import plots
+
+    csv, png = unlearning_report(summaries_dir, out)
+    if (csv.exists() or png.exists()) and not overwrite:
+        raise SisaError(f"{csv} exists; pass --overwrite to replace it or --out for another name")
+    layouts = [_layout(r, opts) for r in runs]
+    for note in filter(None, map(pending_note, layouts)):
+        say(f"note: {note}")
+    exps = [open_run(layout, opts, with_images=False) for layout in layouts]
+    gaps = {}
+    for e in exps:
+        f = SummaryLayout(Path(summaries_dir), e.cfg.name).fairness_csv
+        if f.exists():
+            gaps[e.cfg.name] = float(pd.read_csv(f, index_col=0).loc["gap (best - worst)", "value"])
+    table = unlearning.cost_report(exps, gaps, request_model)
+    write_text(csv, table.to_csv(index=False))
+    plots.cost_chart(table, png)
+    shown = table.copy()                      # on screen: points (the CSV: fractions)
+    for c in [c for c in shown.columns if c.endswith("share") or c == "gap"]:
+        shown[c] = (100 * shown[c]).round(1)
+    say(shown.rename(columns=lambda c: f"{c} (%)" if c.endswith("share") else ("gap (points)" if c == "gap" else c))
+        .round(2).to_string(index=False))
+    say(f"wrote {csv} and {png}")
+    return table
