@@ -1,8 +1,8 @@
 """The whole study in one command, on the machine at hand: train, evaluate, unlearn, cost and report.
 
-    python3 study.py                                   # --preset auto: cpu without CUDA, gpu/poster with it
-    python3 study.py --preset cpu --seeds 3 --test both   # the CPU set of RESULTS.md
-    python3 study.py --preset poster                   # the original's settings (a GPU job)
+    .venv/bin/python study.py                                   # --preset auto: cpu without CUDA, gpu/poster with it
+    .venv/bin/python study.py --preset cpu --seeds 3 --test both   # the CPU set of RESULTS.md
+    .venv/bin/python study.py --preset poster                   # the original's settings (a GPU job)
 
 It trains the poster's four configurations (baseline 1x1, uniform, few shards, later slices) and a
 positive control, evaluates them, serves --sample unlearning requests per fold (verified), evaluates
@@ -13,13 +13,13 @@ from pathlib import Path
 
 from sisa.cli import Parser, add_precision_arg, count, positive_float, positive_int, run_main
 from sisa.config import MODELS, RECIPE_NAMES, SLICE_EPOCHS
-from sisa.launch import LAUNCHERS
+from sisa.study.launch import LAUNCHERS
 from sisa.layout import DEFAULT_CACHE, DEFAULT_CHECKPOINTS, DEFAULT_DATA, DEFAULT_REPORTS, DEFAULT_SUMMARIES
 
 
 def get_args_parser() -> Parser:
     from sisa.study import CONFIGS, PRESET_NAMES, PRESETS
-    p = Parser(description=__doc__.split("\n")[0], epilog="See README.md, 'The study'.")
+    p = Parser(description=__doc__.split("\n")[0], epilog="See docs/study.md (and README.md for the quick start).")
     p.add_argument("--preset", choices=PRESET_NAMES, default="auto",
                    help="auto: poster on CUDA with the ImageNet weights at hand, gpu on CUDA without them, cpu otherwise; "
                         + "; ".join(f"{k}: {v['image_size']} px {v['model']}, {v['recipe']} recipe, {v['epochs']} epochs, "
@@ -41,8 +41,10 @@ def get_args_parser() -> Parser:
     g.add_argument("--lr", type=positive_float, help="peak learning rate (default: the recipe's)")
     g.add_argument("--seeds", type=positive_int, help="training seeds per configuration (same partitions and test faces)")
     g.add_argument("--sample", type=count, help="unlearning requests served per fold and SISA run (0: none)")
-    g.add_argument("--control", dest="control", action="store_true", default=None, help="include the positive control")
-    g.add_argument("--no_control", dest="control", action="store_false", help="leave the positive control out")
+    c = g.add_mutually_exclusive_group()
+    c.add_argument("--control", dest="control", action="store_true", default=None,
+                   help="include the positive control (default: as the preset, which includes it)")
+    c.add_argument("--no_control", dest="control", action="store_false", help="leave the positive control out")
     g.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None,
                    help="configurations (default: baseline uniform few-shards later-slices; segregated is optional)")
     g.add_argument("--num_shards", type=positive_int, help="shards of the SISA configurations (default 5)")
@@ -82,7 +84,13 @@ def get_args_parser() -> Parser:
     j.add_argument("--slurm_extra", nargs="+", default=[], metavar="KEY=VALUE",
                    help="other submitit slurm_ parameters, e.g. account=myproj qos=normal (default none)")
     w.add_argument("--overwrite", action="store_true",
-                   help="replace a study folder (and its runs) made with other settings instead of stopping")
+                   help="replace a study folder (and its runs) made with other run settings instead of stopping; "
+                        "more seeds or configurations, or another --n_boot, need no --overwrite: finished runs are reused")
+    m = w.add_mutually_exclusive_group()
+    m.add_argument("--dry_run", action="store_true",
+                   help="print the runs, what each has left, the images to process and an estimated time; write nothing")
+    m.add_argument("--report_only", action="store_true",
+                   help="render the report again from the finished runs (e.g. another --n_boot); train nothing")
     w.add_argument("--no_progress", action="store_true", help="no progress bar (one line per finished phase remains)")
     return p
 
@@ -99,11 +107,11 @@ OVERRIDES = ("image_size", "model", "weights", "recipe", "epochs", "slice_epochs
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    from sisa.device import resolve_device
+    from sisa.device import resolve_device, wants_cuda
     from sisa.experiment import Options
     from sisa.errors import SisaError
-    from sisa.launch import SlurmOptions
-    from sisa.study import Study, choose_preset, resolve_settings
+    from sisa.study.launch import SlurmOptions
+    from sisa.study import Study, choose_preset, duration, resolve_settings
 
     resolve_device(args.device)                   # --device cuda without a GPU: one line, before anything runs
     preset, why = choose_preset(args.preset, args.device)
@@ -114,10 +122,22 @@ def main(argv: list[str] | None = None) -> int:
                    precision=args.precision)
     if args.no_wait and args.launcher != "slurm":
         raise SisaError("--no_wait goes with --launcher slurm (local jobs end with this process); drop it")
+    if args.no_wait and (args.dry_run or args.report_only):
+        raise SisaError("--no_wait submits jobs, which --dry_run and --report_only never do; drop --no_wait")
     slurm = SlurmOptions(args.slurm_partition, args.gpus_per_job, args.cpus_per_job, args.mem_gb, args.time_min,
                          tuple(args.slurm_extra))
-    report = Study(settings, opts, args.summaries_dir, args.reports_dir, args.overwrite).run(
-        args.jobs, args.launcher, args.no_wait, slurm)
+    study = Study(settings, opts, args.summaries_dir, args.reports_dir, args.overwrite)
+    if args.dry_run:
+        study.dry_run()
+        return 0
+    if args.report_only:
+        print(f"report: {study.report_only()} (and report.json, figures and per-face predictions beside it)")
+        return 0
+    if preset in ("gpu", "poster") and not wants_cuda(args.device):
+        e = study.estimate()          # days of work on a CPU: say so before starting them
+        print(f"warning: --preset {preset} on a CPU: {e['images']:,} images at about {e['images_per_s']:,.0f}/s, "
+              f"{duration(e['seconds'])}; --preset cpu is the study made for a CPU (--dry_run to see any preset's plan)")
+    report = study.run(args.jobs, args.launcher, args.no_wait, slurm)
     if report is not None:
         print(f"report: {report} (and report.json, figures and per-face predictions beside it)")
     return 0

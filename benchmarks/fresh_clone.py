@@ -1,7 +1,7 @@
 """Time the quick start as a new user meets it: clone, ./setup.sh, `.venv/bin/python study.py`.
 
-    python3 benchmarks/fresh_clone.py --dest ../fresh2 --out benchmarks/results/fresh-clone-cpu-DATE-run2.json
-    python3 benchmarks/fresh_clone.py --record ../fresh1 --out ...   # record a clone already timed
+    .venv/bin/python benchmarks/fresh_clone.py --dest ../fresh2 --out benchmarks/results/fresh-clone-cpu-DATE-run2.json
+    .venv/bin/python benchmarks/fresh_clone.py --record ../fresh1 --out ...   # record a clone already timed
 
 The clone must sit where `setup.sh` finds the data (beside `../shared`, or with $UTKFACE_DIR set).
 The study runs under `/usr/bin/time -v` (its output in <dest>/study-time.txt); the JSON written holds
@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from sisa.layout import StudyLayout  # noqa: E402
+from sisa.layout import StudyLayout, list_studies  # noqa: E402
 
 
 def sh(cmd: list[str], cwd: Path, log: Path) -> None:
@@ -40,8 +40,23 @@ def wall_seconds(time_file: Path) -> float:
     return sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
 
 
-def record(dest: Path, out: Path) -> dict:
-    report = json.loads(StudyLayout(dest / "reports" / "cpu").report_json.read_text())
+def study_folder(dest: Path, name: str | None) -> StudyLayout:
+    """The study the quick start wrote: --study, else the one study folder of the clone with a report
+    (reports/published holds committed studies, never one the quick start writes)."""
+    if name:
+        return StudyLayout(dest / "reports" / name)
+    found = list_studies(dest / "reports")
+    if len(found) != 1:
+        sys.exit(f"fresh_clone: {len(found)} study reports in {dest / 'reports'} ({', '.join(s.name for s in found)}); "
+                 "name one with --study")
+    return found[0]
+
+
+def record(dest: Path, out: Path, study: str | None = None) -> dict:
+    layout = study_folder(dest, study)
+    if not layout.report_json.exists():
+        sys.exit(f"fresh_clone: {layout.report_json} is missing; did the study finish? (see {dest / 'study-output.txt'})")
+    report = json.loads(layout.report_json.read_text())
     kfold = report["tests"]["kfold"]
     base = kfold["levels"]["baseline"]["top1 random"]
     control = next((c for c in kfold["contrasts"].get("control vs uniform", []) if c["statistic"].startswith("gap")),
@@ -69,6 +84,7 @@ def main(argv=None) -> int:
     p.add_argument("--record", type=Path, help="only record a clone timed before (its study-time.txt and report)")
     p.add_argument("--source", default=str(ROOT), help="what to clone (default: this repository)")
     p.add_argument("--out", type=Path, required=True, help="the JSON to write")
+    p.add_argument("--study", default=None, help="the study's name under reports/ (default: the one study with a report)")
     a = p.parse_args(argv)
     if bool(a.dest) == bool(a.record):
         p.error("give exactly one of --dest and --record")
@@ -80,7 +96,7 @@ def main(argv=None) -> int:
         sh(["./setup.sh"], dest, dest / "setup-output.txt")
         sh(["/usr/bin/time", "-v", "-o", "study-time.txt", ".venv/bin/python", "study.py"], dest,
            dest / "study-output.txt")
-    d = record(dest, a.out)
+    d = record(dest, a.out, a.study)
     b = d["baseline_random_top1"]
     print(f"study.py in {d['study_wall_s'] / 60:.1f} min wall; baseline random {100 * b['value']:.1f}% "
           f"[{100 * b['ci_low']:.1f}, {100 * b['ci_high']:.1f}]; wrote {a.out}")

@@ -14,7 +14,7 @@ import pandas as pd
 
 from . import stats
 from .data import AGE_CLASSES, RACES
-from .evaluation import composition_shares
+from .evaluation import composition_shares, summary_name
 from .experiment import Options, open_run, versions
 from .layout import RunLayout, SummaryLayout
 from .store import read_jsonl
@@ -56,11 +56,14 @@ class RunSet:
         self.cfg = self.exps[0].cfg
         self.sisa = self.cfg.num_shards * self.cfg.num_slices > 1
         self.summaries_dir = Path(summaries_dir)
-        self.before_names = [progress[n]["evaluate"]["summary"] for n in names]
+        self.progress = [progress.get(n, {}) for n in names]
+        # the summaries by their names (the run's, and <run>-unlearned<N> once it served requests)
+        self.before_names = list(names)
         self.before = [self._pred(summaries_dir, b) for b in self.before_names]
-        after = [progress.get(n, {}).get("evaluate after unlearning") for n in names]
-        self.after = [self._pred(summaries_dir, a["summary"]) for a in after] if all(after) else None
-        self.after_names = [a["summary"] for a in after] if all(after) else None
+        served = all(any(p["forgotten"].any() for p in e.partitions) and
+                     SummaryLayout(self.summaries_dir, summary_name(e)).predictions.exists() for e in self.exps)
+        self.after_names = [summary_name(e) for e in self.exps] if served else None
+        self.after = [self._pred(summaries_dir, a) for a in self.after_names] if served else None
 
     @staticmethod
     def _pred(summaries_dir: Path, name: str) -> pd.DataFrame:
@@ -107,40 +110,27 @@ def analyse_test(test: str, sets: dict[str, RunSet], n_boot: int, control_race: 
 
 
 def contrast_families(acc: dict, acc_after: dict, control_race: str) -> dict:
-    """Every comparison, each in its family with Holm-adjusted verdicts (see stats). The diagnostics
-    (control, segregated) are built against one race, so their worst race is that one, fixed in advance."""
-    def block(run, ref, best, worst, family):
-        return stats.contrasts(run, ref, stats.contrast_stats(acc_of[run], best, worst),
-                               stats.contrast_stats(acc_of[ref], best, worst), family)
+    """Every comparison, each split into its two Holm families with verdicts (stats.families), as
+    report.json holds them: {family: [stats.Contrast.to_dict()]}. `acc` and `acc_after` are the (B+1, 6)
+    accuracies of each configuration before and after unlearning (configurations without served requests
+    have none after). The diagnostics (control, segregated) are built against one race, so their worst
+    race is that one, fixed in advance."""
     families = {}
-    acc_of = dict(acc)
     if "uniform" in acc:
         best, worst = stats.reference_identities(acc["uniform"])
-        placed = [t for t in PLACEMENTS if t in acc]
-        primary, groups = [], []
-        for t in placed:
-            cs = block(t, "uniform", best, worst, "placement vs uniform")
-            primary += [c for c in cs if stats.is_primary(c.statistic)]
-            groups += [c for c in cs if not stats.is_primary(c.statistic)]
-        families["placement vs uniform"] = stats.decide(primary)
-        families["placement vs uniform, by group"] = stats.decide(groups)
-        for diag in ("control", "segregated"):        # diagnostics: each its own family
+        families |= stats.families("placement vs uniform", [c for t in PLACEMENTS if t in acc for c in
+                                                            stats.contrasts(t, "uniform", acc[t], acc["uniform"], best, worst)])
+        for diag in ("control", "segregated"):        # diagnostics: each its own families
             if diag in acc:
-                cs = block(diag, "uniform", best if best != control_race else worst, control_race, f"{diag} vs uniform")
-                families[f"{diag} vs uniform"] = stats.decide([c for c in cs if stats.is_primary(c.statistic)])
-                families[f"{diag} vs uniform, by group"] = stats.decide([c for c in cs if not stats.is_primary(c.statistic)])
+                families |= stats.families(f"{diag} vs uniform", stats.contrasts(
+                    diag, "uniform", acc[diag], acc["uniform"], best if best != control_race else worst, control_race))
     best, worst = stats.reference_identities(acc["baseline"])
-    vs_base = [c for t in acc if t != "baseline" for c in block(t, "baseline", best, worst, "vs baseline")]
-    families["vs baseline"] = stats.decide([c for c in vs_base if stats.is_primary(c.statistic)])
-    families["vs baseline, by group"] = stats.decide([c for c in vs_base if not stats.is_primary(c.statistic)])
-    after = []
-    for t, a in acc_after.items():
-        best, worst = stats.reference_identities(acc[t])
-        acc_of[f"{t} after"] = a
-        after += block(f"{t} after", t, best, worst, "after vs before unlearning")
+    families |= stats.families("vs baseline", [c for t in acc if t != "baseline"
+                                               for c in stats.contrasts(t, "baseline", acc[t], acc["baseline"], best, worst)])
+    after = [c for t, a in acc_after.items()           # each run against itself before, its own identities
+             for c in stats.contrasts(t, t, a, acc[t], *stats.reference_identities(acc[t]), phase="after")]
     if after:
-        families["after vs before unlearning"] = stats.decide([c for c in after if stats.is_primary(c.statistic)])
-        families["after vs before unlearning, by group"] = stats.decide([c for c in after if not stats.is_primary(c.statistic)])
+        families |= stats.families("after vs before unlearning", after)
     return {k: [c.to_dict() for c in v] for k, v in families.items()}
 
 
@@ -175,21 +165,17 @@ def unlearning(rs: RunSet) -> dict:
                                                       for f, p in enumerate(parts)]) for k in BATCHES
                                  if all(k <= int((p["role"] == "train").sum()) for p in parts)}
     log = [r for layout in rs.layouts for r in read_jsonl(layout.unlearning_log)]
-    trained = [sum(json_seconds(layout, cfg, f) for f in range(cfg.folds)) for layout in rs.layouts]
+    trained = [p.get("train", {}).get("seconds", np.nan) for p in rs.progress]   # the study's one source of time
+    checked = [p.get("unlearning", {}) for p in rs.progress]
     out["served"] = {"requests": len(log),
                      "share_of_full": _num(np.mean([r["share_of_full"] for r in log])) if log else None,
                      "speedup_vs_baseline": _num(np.mean([r["speedup_vs_baseline"] for r in log])) if log else None,
                      "wall_seconds_per_request": _num(np.mean([r["wall_seconds"] for r in log])) if log else None,
                      "training_seconds_per_fold": _num(np.mean(trained) / cfg.folds),
-                     "verified": True}
+                     # the check the study ran after serving (a study from before it was recorded: None)
+                     "verified": all(c.get("verified") for c in checked) if all("verified" in c for c in checked)
+                     else None}
     return out
-
-
-def json_seconds(layout: RunLayout, cfg, fold: int) -> float:
-    from .checkpoints import sidecar
-    from .store import read_json
-    return sum(read_json(sidecar(layout.checkpoint(fold, s, l))).get("train_seconds", 0)
-               for s in range(cfg.num_shards) for l in range(cfg.num_slices))
 
 
 def _mean_dicts(ds: list[dict]) -> dict:
@@ -203,7 +189,10 @@ def _mean_dicts(ds: list[dict]) -> dict:
 
 
 def timings(progress: dict) -> dict:
-    return {run: {phase: _num(float(v["seconds"])) for phase, v in phases.items()} for run, phases in progress.items()}
+    """Seconds of each run's phases, every attempt included (study/progress.py)."""
+    from .study.progress import PHASES
+    return {run: {phase: _num(float(v["seconds"])) for phase, v in phases.items() if phase in PHASES}
+            for run, phases in progress.items()}
 
 
 def machine(device: str) -> dict:

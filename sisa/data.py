@@ -10,7 +10,7 @@ Decoding 23,700 JPEGs takes a minute on two cores; the decoded array is cached u
 with a hash of its bytes, so a later run loads it in seconds and a stale or damaged cache is
 rebuilt instead of trusted.
 
-    python3 train.py --dry_run --data_dir data/UTKFace     # builds the cache on first use
+    .venv/bin/python train.py --dry_run --data_dir data/UTKFace     # builds the cache on first use
 """
 from __future__ import annotations
 
@@ -149,8 +149,9 @@ def _read_cache(cache: Path, names: list[str]) -> tuple[np.ndarray, dict] | None
     return images, index
 
 
-def _build_cache(folder: Path, names: list[str], size: int, cache: Path, progress: bool,
-                 workers: int | None) -> tuple[np.ndarray, dict]:
+def _decode_all(folder: Path, names: list[str], size: int, progress: bool,
+                workers: int | None) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """(images of the readable files, their names, (name, reason) of the unreadable ones)."""
     images = np.empty((len(names), size, size, 3), dtype=np.uint8)
     good, unreadable = [], []
     jobs = [(str(folder / n), size) for n in names]
@@ -166,7 +167,12 @@ def _build_cache(folder: Path, names: list[str], size: int, cache: Path, progres
                 good.append(name)
             bar.update()
     bar.close()
-    images = images[: len(good)]
+    return images[: len(good)], good, unreadable
+
+
+def _build_cache(folder: Path, names: list[str], size: int, cache: Path, progress: bool,
+                 workers: int | None) -> tuple[np.ndarray, dict]:
+    images, good, unreadable = _decode_all(folder, names, size, progress, workers)
     digest = tree_digest(memoryview(images))
     # "digest" checks the file on every load (fast kind); "content" names the pixels for run
     # fingerprints and is always CRC-32, so a run made on a machine without xxhash matches here
@@ -181,6 +187,25 @@ def _build_cache(folder: Path, names: list[str], size: int, cache: Path, progres
     return images, index
 
 
+def _subset(folder: Path, names: list[str], subset: list[str], size: int, cache: Path, progress: bool,
+            workers: int | None) -> tuple[np.ndarray, dict]:
+    """Images of `subset` only (a --limit run): taken from the whole set's cache when it is there,
+    else decoded alone, never the whole set (at 200 px that is minutes and gigabytes for a small run).
+    The index describes the subset, so a run's fingerprint is the same either way."""
+    cached = _read_cache(cache, names) if (cache / "index.json").exists() else None
+    if cached is not None:
+        full, index = cached
+        at = {n: i for i, n in enumerate(index["names"])}
+        why = dict(index["unreadable"])
+        good = [n for n in subset if n in at]
+        images = full[[at[n] for n in good]]
+        unreadable = [(n, why[n]) for n in subset if n in why]
+    else:
+        images, good, unreadable = _decode_all(folder, subset, size, progress, workers)
+    content = tree_digest(memoryview(np.ascontiguousarray(images)), "crc32")
+    return images, {"names": good, "unreadable": unreadable, "content": content.split(":", 1)[1]}
+
+
 def _drop_stale_caches(current: Path, folder: Path, size: int) -> None:
     """Delete older caches of the same folder and size (each is gigabytes), keeping `current`."""
     for other in current.parent.glob(f"utkface-{size}px-*"):
@@ -193,8 +218,9 @@ def _drop_stale_caches(current: Path, folder: Path, size: int) -> None:
 
 
 def load_faces(folder: Path, image_size: int, cache_dir: Path, strict: bool = False,
-               progress: bool = True, workers: int | None = None) -> Faces:
-    """All usable faces of `folder`, decoded at `image_size` (through the cache)."""
+               progress: bool = True, workers: int | None = None, only: list[str] | None = None) -> Faces:
+    """All usable faces of `folder`, decoded at `image_size` (through the cache); `only`: just those
+    files (in the folder's order), decoded alone unless the whole set's cache is there."""
     folder = Path(folder).resolve()
     stats: dict[str, str] = {}
     candidates, skipped = scan_folder(folder, stats)
@@ -208,9 +234,14 @@ def load_faces(folder: Path, image_size: int, cache_dir: Path, strict: bool = Fa
                         f"age_gender_race_datetime.jpg); {GET_DATA}")
     names = [n for n, _ in candidates]
     cache = Path(cache_dir) / f"utkface-{image_size}px-{_cache_key(names, stats, image_size)}"
-    cached = _read_cache(cache, names)
-    images, index = cached if cached is not None else _build_cache(
-        folder, names, image_size, cache, progress, workers)
+    if only is not None:
+        wanted = set(only)
+        images, index = _subset(folder, names, [n for n in names if n in wanted], image_size, cache, progress, workers)
+        cached = None
+    else:
+        cached = _read_cache(cache, names)
+        images, index = cached if cached is not None else _build_cache(
+            folder, names, image_size, cache, progress, workers)
     for name, reason in index["unreadable"]:
         if cached is not None:   # warned while building; repeat so every run names them
             warnings.warn(f"skipping {folder / name}: {reason}")
@@ -218,16 +249,43 @@ def load_faces(folder: Path, image_size: int, cache_dir: Path, strict: bool = Fa
     if strict and index["unreadable"]:
         name, reason = index["unreadable"][0]
         raise SisaError(f"--strict_data: {name} is {reason}; replace the file or drop --strict_data")
-    labels = dict(candidates)
     if not index["names"]:
         raise SisaError(f"no readable face images in {folder}; {GET_DATA}")
-    table = pd.DataFrame([(n, *labels[n]) for n in index["names"]], columns=COLUMNS[:4])
-    table["age_class"] = np.searchsorted(AGE_BOUNDS, table["age"].to_numpy(), side="left")
+    table = _table(index["names"], dict(candidates))
     skipped_df = pd.DataFrame(sorted(skipped), columns=["filename", "reason"])
     content = index["content"]
     fingerprint = sha256_bytes(f"{image_size}\n{content}\n".encode()
                                + "\n".join(index["names"]).encode())[:20]
     return Faces(table, images, skipped_df, fingerprint)
+
+
+def _table(names: list[str], labels: dict) -> pd.DataFrame:
+    table = pd.DataFrame([(n, *labels[n]) for n in names], columns=COLUMNS[:4])
+    table["age_class"] = np.searchsorted(AGE_BOUNDS, table["age"].to_numpy(), side="left")
+    return table
+
+
+def face_table(folder: Path, image_size: int, cache_dir: Path, readable: bool = True) -> tuple[pd.DataFrame, bool]:
+    """The faces' labels without decoding an image: (table, exact). `readable`: only the readable
+    files, known exactly when the image cache of this folder and size is there (a dry run's count);
+    otherwise, and with readable=False (--limit chooses its faces from this), every file with a
+    valid name, an unreadable one included."""
+    folder = Path(folder).resolve()
+    stats: dict[str, str] = {}
+    candidates, _ = scan_folder(folder, stats)
+    if not candidates:
+        raise SisaError(f"no usable face images in {folder} (files must be named "
+                        f"age_gender_race_datetime.jpg); {GET_DATA}")
+    names = [n for n, _ in candidates]
+    index_path = Path(cache_dir) / f"utkface-{image_size}px-{_cache_key(names, stats, image_size)}" / "index.json"
+    if not readable:
+        return _table(names, dict(candidates)), True
+    try:
+        index = json.loads(index_path.read_text())
+        good, exact = index["names"], sorted(index["names"] + [n for n, _ in index["unreadable"]]) == sorted(names)
+    except (OSError, ValueError, KeyError):
+        good, exact = names, False
+    return _table(good if exact else names, dict(candidates)), exact
 
 
 def skipped_summary(skipped: pd.DataFrame) -> str:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import __version__
 from .config import RunConfig
-from .data import AGE_CLASSES, RACES, Faces, load_faces, skipped_summary
+from .data import AGE_CLASSES, RACES, Faces, face_table, load_faces, skipped_summary
 from .errors import SisaError
 from .layout import DEFAULT_CACHE, DEFAULT_CHECKPOINTS, DEFAULT_DATA, PROJECT_ROOT, RunLayout
 from .likelihood import draw_likelihood, parse_factors
@@ -84,18 +84,40 @@ def versions() -> dict[str, str]:
 
 
 def _faces_of_run(cfg: RunConfig, opts: Options) -> tuple[Faces, pd.DataFrame, np.ndarray]:
+    only = None
+    if cfg.limit is not None:   # --limit: the faces chosen from file names, then only they are decoded
+        candidates, _ = face_table(opts.data_dir, cfg.image_size, opts.cache_dir, readable=False)
+        rows = limit_faces(candidates, cfg.limit, cfg.test_per_cell if cfg.test_kind == "balanced" else 0,
+                           rng(cfg.seed, "limit"))
+        only = candidates["filename"].to_numpy()[rows].tolist()
     faces = load_faces(opts.data_dir, cfg.image_size, opts.cache_dir, strict=opts.strict_data,
-                       progress=opts.progress)
-    table = faces.table
+                       progress=opts.progress, only=only)
+    table, _ = _run_table(cfg, faces.table, limit=None)
+    return faces, table, faces.images
+
+
+def _run_table(cfg: RunConfig, table: pd.DataFrame, limit: int | None) -> tuple[pd.DataFrame, np.ndarray]:
+    """The run's faces (`limit` of them, chosen as --limit does) with their likelihood columns, and
+    their rows in `table`."""
     rows = np.arange(len(table))
-    if cfg.limit is not None:
+    if limit is not None:
         min_cell = cfg.test_per_cell if cfg.test_kind == "balanced" else 0
-        rows = limit_faces(table, cfg.limit, min_cell, rng(cfg.seed, "limit"))
+        rows = limit_faces(table, limit, min_cell, rng(cfg.seed, "limit"))
         table = table.iloc[rows].reset_index(drop=True)
     likelihood = draw_likelihood(table, parse_factors(cfg.likelihood_factors), rng(cfg.seed, "likelihood"))
-    table = pd.concat([table, likelihood], axis=1)
-    images = faces.images if len(rows) == len(faces.table) else faces.images[rows]
-    return faces, table, images
+    return pd.concat([table, likelihood], axis=1), rows
+
+
+def plan(cfg: RunConfig, opts: Options) -> tuple[Experiment, bool]:
+    """What prepare would make of a new run, in memory only (no images, nothing written): for a dry
+    run. (experiment, exact): exact when the image cache told which files are readable."""
+    cfg.validate()
+    folder, cache = opts.data_dir or DEFAULT_DATA, opts.cache_dir or DEFAULT_CACHE
+    table, exact = face_table(folder, cfg.image_size, cache, readable=cfg.limit is None)
+    table, _ = _run_table(cfg, table, cfg.limit)
+    layout = RunLayout((Path(opts.checkpoints_dir) / cfg.name).resolve())
+    partitions = [build_partition(table, cfg, k) for k in range(cfg.folds)]
+    return Experiment(cfg, layout, table, np.empty((0,), np.uint8), partitions, pd.DataFrame()), exact
 
 
 def _clear(layout: RunLayout) -> None:
@@ -131,7 +153,9 @@ def prepare(cfg: RunConfig, opts: Options) -> Experiment:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "data": {"folder": str(Path(opts.data_dir).resolve()), "cache": str(Path(opts.cache_dir).resolve()),
                  "fingerprint": faces.fingerprint,
-                 "files_skipped": len(faces.skipped), "faces_usable": len(faces.table),
+                 "files_skipped": len(faces.skipped),
+                 "faces_usable": len(faces.table) if cfg.limit is None else
+                 len(face_table(opts.data_dir, cfg.image_size, opts.cache_dir)[0]),
                  "faces_in_run": len(table), "high_likelihood_share": float(table["high_likelihood"].mean()),
                  "requests_unlearning": int(table["requests_unlearning"].sum())},
         "partitions": hashes,

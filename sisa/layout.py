@@ -194,3 +194,9 @@ class StudyLayout:
     def faces_file(self, test: str) -> Path:
         """The test faces (fold, file, race, age class, group) every predictions file is aligned with."""
         return self.predictions / f"{test}-faces.csv.gz"
+
+
+def list_studies(reports_dir: Path) -> list[StudyLayout]:
+    """The study folders under `reports_dir` that hold a report (reports/published/ is not one: it
+    holds the committed studies, one folder deeper)."""
+    return [StudyLayout(p.parent) for p in sorted(Path(reports_dir).glob("*/report.json"))]

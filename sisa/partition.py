@@ -18,7 +18,7 @@ The training faces are cut into S x R disjoint parts whose sizes differ by at mo
 dropped. Each fold draws from its own streams of the run's seed, and the test set's stream does not
 depend on the placement, so runs that differ only in strategy placement share their test faces.
 
-    python3 train.py --dry_run --strategy sorted-balanced --put_in slice   # see the placement
+    .venv/bin/python train.py --dry_run --strategy sorted-balanced --put_in slice   # see the placement
 """
 from __future__ import annotations
 
@@ -36,7 +36,10 @@ from .store import sha256_bytes, sha256_names
 
 COLUMNS = ["filename", "age", "gender", "race", "age_class", "knowledge", "high_likelihood",
            "requests_unlearning", "role", "group", "shard", "slice"]
-GROUPS = (*RACES, "random")     # the evaluation groups, in the order of every summary
+# The evaluation groups (eval_groups), in the poster's order: the columns of every accuracy array and
+# table. The only other order is a file format, the original's pickles: ORIGINAL_GROUPS.
+GROUPS = ("random", *RACES)
+ORIGINAL_GROUPS = (*RACES, "random")
 
 
 def _cells(table: pd.DataFrame) -> np.ndarray:
@@ -162,7 +165,8 @@ def build_partition(table: pd.DataFrame, cfg: RunConfig, fold: int) -> pd.DataFr
     train = np.flatnonzero(part["role"].to_numpy() == "train")
     first = part["race"].to_numpy() == RACES.index(cfg.control_race) if cfg.placement == "segregated" \
         else part["high_likelihood"].to_numpy()
-    shard, slice_ = place(first[train], cfg, rng(cfg.seed, "placement", fold))
+    arm = ("arm", cfg.arm) if cfg.arm else ()          # arm 0: the keys of runs made before arms existed
+    shard, slice_ = place(first[train], cfg, rng(cfg.seed, "placement", fold, *arm))
     for col, values in (("shard", shard), ("slice", slice_)):
         part[col] = pd.array([pd.NA] * len(part), dtype="Int64")
         part.loc[train, col] = values

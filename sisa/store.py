@@ -166,6 +166,9 @@ def write_json(path: Path, obj, sort_keys: bool = True) -> None:
 def read_json(path: Path):
     try:
         return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SisaError(f"{path} is missing; the folder holding it is incomplete (restore the file, or rerun "
+                        "the command that writes it)") from None
     except json.JSONDecodeError as e:
         raise SisaError(f"{path} is damaged (not valid JSON: {e}); restore it or rerun with --overwrite") from e
 
@@ -219,3 +222,25 @@ def run_lock(lock_path: Path, what: str) -> Iterator[None]:
     finally:
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         f.close()
+
+
+@contextlib.contextmanager
+def new_run_lock(root: Path, what: str) -> Iterator[None]:
+    """run_lock on the run folder `root` for a command that may create it (train.py). If the
+    command created the folder and leaves nothing in it but the LOCK (it failed on the data, a flag
+    or the device before writing), the folder goes again, with any parent folder it created: a
+    failed command leaves no empty run folder behind to be mistaken for a run."""
+    root = Path(root)
+    created, d = [], root
+    while not d.exists():           # innermost first: the order to remove them in
+        created.append(d)
+        d = d.parent
+    with run_lock(root / "LOCK", what):
+        try:
+            yield
+        finally:
+            if created and root.is_dir() and [p.name for p in root.iterdir()] == ["LOCK"]:
+                (root / "LOCK").unlink()        # still held: another command cannot be inside
+                for d in created:
+                    with contextlib.suppress(OSError):     # not empty: someone else's now
+                        d.rmdir()

@@ -133,13 +133,26 @@ def locate(part: pd.DataFrame, face: str) -> tuple[str, int | None, int | None]:
     return ("forgotten" if row["forgotten"] else "train"), int(row["shard"]), int(row["slice"])
 
 
+def request_order(part: pd.DataFrame, seed: int, fold: int) -> list[str]:
+    """Every training face of a fold (forgotten ones included) in the order requests arrive: drawn
+    once, without replacement, with weight equal to each face's request probability, from a key that
+    depends on the seed and fold only. The first n are the fold's n requests whatever was served
+    before, so requests are nested (n < m: the first n of the m) and a study killed while serving
+    forgets the same faces as one that was not."""
+    train = part[part["role"] == "train"]
+    p = request_probability(train["knowledge"].to_numpy(), train["high_likelihood"].to_numpy())
+    # weighted sampling without replacement (Efraimidis and Spirakis): sort by Exp(1) / weight
+    keys = rng(seed, "request-order", fold).exponential(size=len(train)) / p
+    return train["filename"].to_numpy()[np.argsort(keys, kind="stable")].astype(str).tolist()
+
+
 def sample_requests(part: pd.DataFrame, n: int, seed: int, fold: int) -> list[str]:
-    """n distinct training faces, each drawn with weight equal to its request probability."""
-    train, p = requesters(part)
-    if n > len(train):
-        raise SisaError(f"--sample {n} is more than the {len(train)} training faces left in fold {fold}")
-    pick = rng(seed, "requests", fold, int(part["forgotten"].sum())).choice(len(train), size=n, replace=False, p=p)
-    return train["filename"].to_numpy()[pick].astype(str).tolist()
+    """The next n requests of a fold: the first n faces of its request order not yet forgotten."""
+    forgotten = set(part.loc[part["forgotten"], "filename"])
+    left = [f for f in request_order(part, seed, fold) if f not in forgotten]
+    if n > len(left):
+        raise SisaError(f"--sample {n} is more than the {len(left)} training faces left in fold {fold}")
+    return left[:n]
 
 
 def read_requests(path) -> list[str]:

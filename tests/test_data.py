@@ -159,3 +159,21 @@ def test_cache_checksum_kind_never_changes_the_run_fingerprint(own_faces_dir, tm
     with pytest.warns(UserWarning, match="damaged or stale"):
         old = load_faces(own_faces_dir, 24, cache_dir, progress=False)
     assert (cache / "images.npy").stat().st_mtime_ns != stamp and old.fingerprint == fast.fingerprint
+
+
+def test_a_limited_run_decodes_only_its_faces_and_sees_the_same_either_way(own_faces_dir, tmp_path):
+    """--limit chooses faces from file names and decodes only those: no whole-set cache is built (at
+    200 px that is minutes and gigabytes for a small run); with the whole set's cache at hand the
+    run's faces, pixels and fingerprint are the same. A damaged file in the subset is skipped as ever."""
+    from sisa.config import RunConfig
+    from sisa.experiment import Options, _faces_of_run
+    (own_faces_dir / sorted(os.listdir(own_faces_dir))[7]).write_bytes(b"")          # one unreadable file
+    cfg = RunConfig(image_size=24, limit=60, folds=2, num_shards=1, num_slices=1, strategy="random-kfold", run_name="x")
+    alone = Options(data_dir=own_faces_dir, cache_dir=tmp_path / "empty", progress=False)
+    faces, table, images = _faces_of_run(cfg, alone)
+    assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").iterdir())   # nothing cached
+    assert 55 <= len(table) <= 60 and images.shape == (len(table), 24, 24, 3)
+    load_faces(own_faces_dir, 24, tmp_path / "full", progress=False)                 # the whole set's cache
+    faces2, table2, images2 = _faces_of_run(cfg, Options(data_dir=own_faces_dir, cache_dir=tmp_path / "full",
+                                                         progress=False))
+    assert table2.equals(table) and np.array_equal(images2, images) and faces2.fingerprint == faces.fingerprint

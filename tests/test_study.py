@@ -91,7 +91,7 @@ def test_a_killed_study_resumes_without_retraining_finished_stages(faces_dir, ca
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     progress = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "rep" / "resume" / "progress").glob("*.json")}
-    assert "train" in progress["resume-kfold-baseline"] and "resume-kfold-uniform" not in progress
+    assert progress["resume-kfold-baseline"]["train"]["done"] and "train" not in progress.get("resume-kfold-uniform", {})
     baseline = {p: (p.stat().st_ino, p.stat().st_mtime_ns)
                 for p in (tmp_path / "ck" / "resume-kfold-baseline").glob("fold-*/shard-*/slice-*.pt")}
     finished = sum(p.with_suffix(".json").exists() for p in uniform.glob("fold-*/shard-*/slice-*.pt"))
@@ -184,7 +184,7 @@ def test_sizing_the_progress_bar_reads_records_not_checkpoints(tiny_study, monke
 
 
 def test_jobs_are_chosen_from_cores_and_memory(monkeypatch):
-    from sisa import launch
+    from sisa.study import launch
     monkeypatch.setattr(launch, "cores", lambda: 8)
     monkeypatch.setattr(launch, "available_memory", lambda: 6 * launch.GB)
     jobs, threads, why = launch.choose_jobs(None, 20, int(0.5 * launch.GB), cuda=False)
@@ -231,7 +231,7 @@ def test_presets_and_overrides_resolve_to_complete_settings():
     assert control.strategy == "random-balanced" and control.label_noise == 1.0 and control.control_race == "black"
     seg = resolve_settings("cpu", {"configs": ["baseline", "uniform", "segregated"]}, "x").run_config("kfold", "segregated", 0)
     assert seg.strategy == "segregated-kfold" and seg.put_in == "shard" and seg.label_noise == 0
-    poster = resolve_settings("poster", {}, None)
+    poster = resolve_settings("poster", {"weights": "none"}, None)
     assert (poster.image_size, poster.model, poster.recipe, poster.folds, poster.tests) == (200, "resnet18", "original", 5,
                                                                                             ("balanced",))
 
@@ -244,9 +244,45 @@ def test_results_md_is_made_from_the_committed_reports():
 
 
 def test_the_readme_quotes_real_reports_verbatim():
-    """The README's excerpts are cut from files the code wrote, not typed."""
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    for marker, source in (("report-excerpt", PROJECT_ROOT / "reports" / "published" / "cpu" / "report.md"),
-                           ("recipes-excerpt", PROJECT_ROOT / "RESULTS.md")):
-        excerpt = readme.split(f"<!-- {marker}: start -->\n", 1)[1].split(f"<!-- {marker}: end -->", 1)[0].strip()
-        assert excerpt.count("\n") >= 3 and excerpt in source.read_text(), marker
+    """The excerpts in the README and docs/ are cut from files the code wrote, not typed."""
+    report = PROJECT_ROOT / "reports" / "published" / "cpu" / "report.md"
+    results = PROJECT_ROOT / "RESULTS.md"
+    for page, marker, source in (("README.md", "answer-excerpt", results),
+                                 ("README.md", "timing-excerpt", results),
+                                 ("README.md", "verdict-excerpt", report),
+                                 ("docs/statistics.md", "report-excerpt", report),
+                                 ("docs/recipes.md", "recipes-excerpt", results)):
+        text = (PROJECT_ROOT / page).read_text()
+        excerpt = text.split(f"<!-- {marker}: start -->\n", 1)[1].split(f"<!-- {marker}: end -->", 1)[0].strip()
+        assert excerpt.count("\n") >= 3 and excerpt in source.read_text(), (page, marker)
+
+
+@pytest.mark.slow
+def test_another_bootstrap_or_more_runs_reuse_every_finished_run(tiny_study, faces_dir, cache_dir):
+    """--n_boot and --report_only re-render without training; a study of other folders is not trusted."""
+    tmp, _ = tiny_study
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp / "ck").glob("tiny-*/fold-*/shard-*/*.pt")}
+    args = [*TINY, "--name", "tiny", *where(faces_dir, cache_dir, tmp)]
+    assert TINY[-2:] == ["--n_boot", 50]
+    out = run_script("study.py", *TINY[:-1], 80, *args[len(TINY):], "--report_only").stdout
+    assert "n_boot: 50 -> 80; finished runs are reused" in out and "report: " in out
+    assert json.loads((tmp / "rep" / "tiny" / "report.json").read_text())["settings"]["n_boot"] == 80
+    out = run_script("study.py", *args).stdout                                  # and back, as a plain rerun
+    assert "to go" not in out and "trained" not in out and "report: " in out
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps                  # nothing trained again
+    # the runs' folders elsewhere: nothing there is finished, and the study says so in one line
+    line = error_line(call_script("study.py", *args, "--checkpoints_dir", tmp / "elsewhere", "--report_only"))
+    assert "--report_only: 4 run(s) unfinished" in line and "every phase" in line
+    # summaries elsewhere after unlearning: the summaries before cannot be made again; one line names the fix
+    line = error_line(call_script("study.py", *args, "--summaries_dir", tmp / "other-sum"))
+    assert "cannot be made again" in line and "--summaries_dir" in line
+    assert "(" + str(tmp / "sum") + ")" in line                 # the folder they were written to, named
+    out = run_script("study.py", *args).stdout              # back: every summary is there again, nothing is redone
+    assert "evaluated" not in out and "trained" not in out and "report: " in out
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # a study killed while evaluating after unlearning: that summary is missing, its record unfinished
+    from sisa.layout import SummaryLayout
+    SummaryLayout(tmp / "sum", "tiny-kfold-control-unlearned2").predictions.unlink()
+    out = run_script("study.py", *args).stdout
+    assert "evaluated tiny-kfold-control-unlearned2" in out and out.count("evaluated ") == 1 and "trained" not in out
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

@@ -1,9 +1,9 @@
 """Where a study's runs execute: side by side as local processes, or as Slurm jobs through submitit.
 
-    python3 study.py --jobs 4                         # four runs at once, threads split between them (auto: one per 2 cores)
-    python3 study.py --jobs 1                         # one run at a time, in this process
-    python3 study.py --launcher slurm --slurm_partition gpu --gpus_per_job 1 --time_min 240
-    python3 study.py --launcher slurm --no_wait       # submit and return; the same command again collects
+    .venv/bin/python study.py --jobs 4                         # four runs at once, threads split between them (auto: one per 2 cores)
+    .venv/bin/python study.py --jobs 1                         # one run at a time, in this process
+    .venv/bin/python study.py --launcher slurm --slurm_partition gpu --gpus_per_job 1 --time_min 240
+    .venv/bin/python study.py --launcher slurm --no_wait       # submit and return; the same command again collects
 
 A study's runs are independent, so a run is one job: all its phases (train, evaluate, unlearn,
 evaluate again) in its own run folder, under that folder's lock, writing its own progress file
@@ -30,7 +30,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SisaError, first_line
+from ..errors import SisaError, first_line
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 GB = 1024 ** 3

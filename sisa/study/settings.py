@@ -1,0 +1,196 @@
+"""What a study computes: its configurations, presets and settings, and which settings make a run.
+
+A study's settings fall in three kinds, and only the first makes a run what it is:
+  run settings       image size, model, recipe, epochs, folds, shards, ...: a change retrains every
+                     run (study.py asks for --overwrite, or another --name); so does a smaller
+                     --sample, while a larger one serves the further requests on top (one fixed draw)
+  which runs         --seeds, --configs, --control, --test: adding seeds or configurations adds runs
+                     and reuses every finished one; dropping them leaves their folders alone
+  analysis only      --n_boot: the report is rendered again, nothing is retrained
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..config import RunConfig
+from ..errors import SisaError
+
+CONFIGS = {
+    "baseline": dict(placement="random", put_in="slice", sisa=False),
+    "uniform": dict(placement="random", put_in="slice", sisa=True),
+    "few-shards": dict(placement="sorted", put_in="shard", sisa=True),
+    "later-slices": dict(placement="sorted", put_in="slice", sisa=True),
+    "control": dict(placement="random", put_in="slice", sisa=True, label_noise=1.0),
+    "segregated": dict(placement="segregated", put_in="shard", sisa=True),
+}
+POSTER_CONFIGS = ("baseline", "uniform", "few-shards", "later-slices")
+
+# Each preset is complete; flags override any of it. The cpu preset was chosen by measurement
+# (benchmarks/recipes.py and the study's own timings, docs/recipes.md and docs/study.md).
+PRESETS = {
+    "poster": dict(image_size=200, model="resnet18", weights="auto", recipe="original", epochs=15,
+                   slice_epochs="full", folds=5, tests=("balanced",), test_per_cell=9, test_random=63,
+                   batch_size=128, seeds=1, sample=5, control=True),
+    "gpu": dict(image_size=128, model="resnet18", weights="none", recipe="strong", epochs=15,
+                slice_epochs="sisa", folds=5, tests=("kfold",), test_per_cell=9, test_random=63,
+                batch_size=128, seeds=1, sample=5, control=True),
+    "cpu": dict(image_size=32, model="cnn-max", weights="none", recipe="strong", epochs=4,
+                slice_epochs="sisa", folds=3, tests=("kfold",), test_per_cell=4, test_random=28,
+                batch_size=128, seeds=1, sample=1, control=True),
+}
+PRESET_NAMES = ("auto", *PRESETS)
+ANALYSIS_FIELDS = ("n_boot",)                                 # change the report only
+RUNS_FIELDS = ("tests", "seeds", "configs", "control")       # change which runs there are
+LABEL_FIELDS = ("name", "preset")                             # name the study; the same values under another preset are the same study
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a study computes (saved as study.json)."""
+    name: str
+    preset: str
+    image_size: int
+    model: str
+    weights: str
+    recipe: str
+    epochs: int
+    slice_epochs: str
+    folds: int
+    tests: tuple[str, ...]
+    test_per_cell: int
+    test_random: int
+    batch_size: int
+    seeds: int
+    sample: int
+    control: bool
+    configs: tuple[str, ...] = POSTER_CONFIGS
+    num_shards: int = 5
+    num_slices: int = 3
+    control_race: str = "black"
+    seed: int = 0
+    limit: int | None = None
+    lr: float | None = None
+    n_boot: int = 1000
+    likelihood_factors: str = "gender,race"
+
+    @property
+    def all_configs(self) -> tuple[str, ...]:
+        return (*self.configs, "control") if self.control and "control" not in self.configs else self.configs
+
+    def run_config(self, test: str, tag: str, seed_index: int) -> RunConfig:
+        c = CONFIGS[tag]
+        sisa = c["sisa"]
+        return RunConfig(image_size=self.image_size, limit=self.limit, likelihood_factors=self.likelihood_factors,
+                         strategy=f"{c['placement']}-{test}", put_in=c["put_in"], control_race=self.control_race,
+                         label_noise=c.get("label_noise", 0.0),
+                         num_shards=self.num_shards if sisa else 1, num_slices=self.num_slices if sisa else 1,
+                         folds=self.folds, test_per_cell=self.test_per_cell, test_random=self.test_random,
+                         seed=self.seed, training_seed=seed_index or None, recipe=self.recipe, model=self.model,
+                         weights=self.weights, epochs=self.epochs, slice_epochs=self.slice_epochs,
+                         batch_size=self.batch_size, lr=self.lr, run_name=self.run_name(test, tag, seed_index))
+
+    def run_name(self, test: str, tag: str, seed_index: int) -> str:
+        return f"{self.name}-{test}-{tag}" + (f"-seed{seed_index}" if seed_index else "")
+
+    def runs(self) -> list[tuple[str, str, int]]:
+        """(test, configuration, seed index) of every run, in the order they are trained."""
+        return [(t, c, k) for t in self.tests for c in self.all_configs for k in range(self.seeds)]
+
+    def run_changes(self, old: "Settings") -> list[str]:
+        """'field: old -> new' for every run setting that differs: each one retrains every run."""
+        skip = set(ANALYSIS_FIELDS) | set(RUNS_FIELDS) | set(LABEL_FIELDS)
+        if self.sample > old.sample:    # requests are drawn in one fixed order per fold: more is served on top
+            skip.add("sample")
+        return [f"{f.name}: {getattr(old, f.name)!r} -> {getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                if f.name not in skip and getattr(old, f.name) != getattr(self, f.name)]
+
+    def other_changes(self, old: "Settings") -> list[str]:
+        """The changes that reuse every finished run (more or fewer runs, another bootstrap)."""
+        fields = (*RUNS_FIELDS, *ANALYSIS_FIELDS, *(("sample",) if self.sample > old.sample else ()))
+        return [f"{f}: {_show(getattr(old, f))} -> {_show(getattr(self, f))}" for f in fields
+                if getattr(old, f) != getattr(self, f)]
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "tests": list(self.tests), "configs": list(self.configs)}
+
+    @classmethod
+    def from_dict(cls, d: dict, fallback: "Settings | None" = None) -> "Settings":
+        """Settings from study.json. A file from an older version may lack fields (taken from `fallback`,
+        else the defaults) or hold ones this version dropped (ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {**(fallback.to_dict() if fallback else {}), **{k: v for k, v in d.items() if k in names}}
+        missing = sorted(names - set(values) - {f.name for f in dataclasses.fields(cls)
+                                                if f.default is not dataclasses.MISSING})
+        if missing:
+            raise SisaError(f"study.json lacks {', '.join(missing)} (written by another version); pass --overwrite "
+                            "to start the study again, or --name for a separate study")
+        return cls(**{**values, "tests": tuple(values["tests"]), "configs": tuple(values.get("configs", POSTER_CONFIGS))})
+
+
+def _show(v) -> str:
+    return "/".join(map(str, v)) if isinstance(v, (tuple, list)) else repr(v)
+
+
+def choose_preset(preset: str, device: str) -> tuple[str, str]:
+    """(preset, why) for `--preset auto`: the poster's settings on CUDA with the ImageNet weights at
+    hand, the GPU preset on CUDA without them, the CPU preset otherwise."""
+    if preset != "auto":
+        return preset, "asked for"
+    from ..device import wants_cuda
+    if not wants_cuda(device):
+        return "cpu", "no CUDA GPU here: the CPU preset finishes in about a quarter of an hour on 2 cores"
+    if imagenet_weights_cached():
+        return "poster", "a CUDA GPU and the ImageNet ResNet-18 weights are here: the poster's settings"
+    return "gpu", ("a CUDA GPU but no ImageNet weights in the torch cache (no internet needed then): the GPU "
+                   "preset trains from random weights with the strong recipe")
+
+
+def imagenet_weights_path() -> str:
+    """Where torchvision keeps the ImageNet ResNet-18 weights (the poster preset's starting point)."""
+    import os
+
+    import torch
+    from torchvision.models import ResNet18_Weights
+    url = ResNet18_Weights.IMAGENET1K_V1.url
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+
+
+def imagenet_weights_cached() -> bool:
+    import os
+    return os.path.exists(imagenet_weights_path())
+
+
+def resolve_settings(preset: str, overrides: dict, name: str | None) -> Settings:
+    base = dict(PRESETS[preset])
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    if isinstance(base["tests"], str):
+        base["tests"] = ("balanced", "kfold") if base["tests"] == "both" else (base["tests"],)
+    base["tests"] = tuple(base["tests"])
+    base["configs"] = tuple(base.get("configs") or POSTER_CONFIGS)
+    s = Settings(name=name or preset, preset=preset, **base)
+    check_settings(s)
+    return s
+
+
+def check_settings(s: Settings) -> None:
+    """One clear line for settings that contradict each other; every run's config is validated too."""
+    if s.seeds < 1:
+        raise SisaError(f"--seeds {s.seeds} is invalid: train each configuration at least once (--seeds 1)")
+    if "baseline" not in s.configs:
+        raise SisaError("--configs must include baseline: every SISA configuration is compared with it")
+    if "uniform" not in s.configs and len(set(s.configs) - {"baseline"}) > 0:
+        raise SisaError("--configs must include uniform: placements are compared with uniform SISA")
+    unknown = [c for c in s.configs if c not in CONFIGS]
+    if unknown:
+        raise SisaError(f"--configs {unknown[0]!r} is invalid: choose from {', '.join(CONFIGS)}")
+    if s.num_shards * s.num_slices < 2:
+        raise SisaError("a study needs SISA configurations of more than one part: raise --num_shards or --num_slices")
+    if s.sample and s.sample * s.num_shards * s.num_slices > 10 ** 6:
+        raise SisaError(f"--sample {s.sample} is too large")
+    if s.preset == "poster" and s.weights == "auto" and not imagenet_weights_cached():
+        raise SisaError(f"--preset poster starts from the ImageNet ResNet-18 weights, which are not at "
+                        f"{imagenet_weights_path()} (nothing is downloaded); put them there, or pass --weights none "
+                        "to train the poster's settings from random weights")
+    for test, tag, k in s.runs():
+        s.run_config(test, tag, k).validate()
