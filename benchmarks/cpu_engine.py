@@ -1,7 +1,7 @@
 """The CPU engine, measured in one run: step variants, the whole train.py path, evaluation, threads vs jobs.
 
-    python3 benchmarks/cpu_engine.py                  # everything (about 15 min on 2 cores)
-    python3 benchmarks/cpu_engine.py --quick          # steps and profiles only (about 2 min)
+    .venv/bin/python benchmarks/cpu_engine.py                  # everything (about 15 min on 2 cores)
+    .venv/bin/python benchmarks/cpu_engine.py --quick          # steps and profiles only (about 2 min)
 
 All on the cpu preset's network (cnn-max, 32 px, batch 128, the strong recipe's AdamW):
   steps      one optimisation step on a synthetic batch: fp32 or bf16 autocast, contiguous or
@@ -221,7 +221,7 @@ def profiles(a: argparse.Namespace) -> dict:
 
 
 def markdown(res: dict, source: str) -> str:
-    """The README's table of a result file: every number read from it (tests check the README holds this)."""
+    """docs/performance.md's table of a result file: every number read from it (tests check the README holds this)."""
     steps = res["steps"]
     label = {"fp32": "fp32, contiguous", "fp32_channels_last": "fp32, channels_last",
              "bf16": "bf16 autocast, contiguous", "bf16_channels_last": "bf16 autocast + channels_last"}
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
     p.add_argument("--cache_dir", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/cpu-engine-<date>.json)")
     p.add_argument("--markdown", type=Path, default=None, metavar="JSON",
-                   help="print the README's table of an earlier result and stop")
+                   help="print docs/performance.md's table of an earlier result and stop")
     a = p.parse_args(argv)
     if a.markdown:
         path = a.markdown.resolve()

@@ -1,6 +1,6 @@
 """Is the graphs engine right? One short stage trained eagerly and as CUDA graphs, on real faces (GPU).
 
-    python3 benchmarks/engine_check.py --data_dir data/utk200 --size 128 --out results/engine-check.json
+    .venv/bin/python benchmarks/engine_check.py --data_dir data/utk200 --size 128 --out results/engine-check.json
 
 Measures, for each recipe: the relative difference of the weights (and of the epoch losses) between
 the eager and the graphs engine after one stage from the same start, next to the difference between

@@ -1,6 +1,6 @@
 """Pack UTKFace for a GPU check: re-encoded as WebP, split into parts that each travel in one command.
 
-    python3 benchmarks/pack_faces.py --size 200 --max_mib 44 --out .device     # -> .device/utk200-1of2.tar, -2of2.tar
+    .venv/bin/python benchmarks/pack_faces.py --size 200 --max_mib 44 --out .device     # -> .device/utk200-1of2.tar, -2of2.tar
 
 The device machine takes at most 64 MiB of files per command; the whole set at 200 px as WebP q85 is
 about 86 MiB, so it goes in two parts over two commands on the same warm machine (ignored folders

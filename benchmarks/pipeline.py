@@ -1,7 +1,7 @@
 """Training throughput of this project's pipeline versus the original study's, measured in one process.
 
-    python3 benchmarks/pipeline.py                    # CPU: 32 px, small CNN (what a CPU can train)
-    python3 benchmarks/pipeline.py --device cuda      # GPU: ResNet-18 at 200 px and 128 px
+    .venv/bin/python benchmarks/pipeline.py                    # CPU: 32 px, small CNN (what a CPU can train)
+    .venv/bin/python benchmarks/pipeline.py --device cuda      # GPU: ResNet-18 at 200 px and 128 px
 
 original  the study's pipeline: PIL images in memory, per-sample torchvision transforms (flip, colour
           jitter, affine, blur, autocontrast, normalise, noise), a DataLoader with 4 workers, fp32,

@@ -1,8 +1,8 @@
 """Accuracy per compute of training recipes, models and image sizes: the measurement behind `--recipe strong`.
 
-    python3 benchmarks/recipes.py --ablations                       # the published grid (about 40 min on 2 cores)
-    python3 benchmarks/recipes.py --grid strong:cnn-max:32 original:cnn:32 --folds_run 1   # a quick look
-    python3 benchmarks/recipes.py --grid strong:cnn-max:32:fp32 strong:cnn-max:32:bf16    # precision
+    .venv/bin/python benchmarks/recipes.py --ablations                       # the published grid (about 40 min on 2 cores)
+    .venv/bin/python benchmarks/recipes.py --grid strong:cnn-max:32 original:cnn:32 --folds_run 1   # a quick look
+    .venv/bin/python benchmarks/recipes.py --grid strong:cnn-max:32:fp32 strong:cnn-max:32:bf16    # precision
 
 Protocol: the monolithic 1x1 baseline of the study (`train.py --num_shards 1 --num_slices 1 --strategy
 random-kfold`), on all faces, k-fold test (every face of the run's folds tested once by the model that

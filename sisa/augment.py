@@ -24,7 +24,7 @@ per call; here the order is always brightness, contrast, saturation, hue.
 
 `flip_shift` is the strong recipe's: a horizontal flip (p=0.5) and a random shift of up to
 `shift_pixels(size, fraction)` px each way, the border reflected. The strong recipe uses no shift
-(fraction 0): at 32 px and 6 epochs a shift of 1/16 or 1/32 of the face cost accuracy (README "Recipes").
+(fraction 0): at 32 px and 6 epochs a shift of 1/16 or 1/32 of the face cost accuracy (docs/recipes.md).
 
 All randomness comes from an explicit `torch.Generator` that lives on the images' device, so the same
 generator state gives the same augmented batch (bit-identical on the CPU), and each call draws a

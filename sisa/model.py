@@ -11,7 +11,7 @@ resnet18  torchvision's ResNet-18 body. The stem (conv1, bn1) comes from the pre
 cnn       the original's small CNN: four conv-BN-ReLU-avgpool blocks (32, 64, 128, 256 channels)
           and a two-layer head.
 cnn-max   the same network with max pooling between the blocks: the same cost, and about three
-          points more accuracy at 32 px with the strong recipe (benchmarks/recipes.py, README "Recipes").
+          points more accuracy at 32 px with the strong recipe (benchmarks/recipes.py, docs/recipes.md).
 
 `build_model(name, weights, seed)` builds either one with every random initialisation drawn from
 `seed` inside a forked RNG, so equal arguments give equal parameters and the global RNG is untouched.

@@ -4,7 +4,7 @@
               rate x0.2 after 40%, 60% and 80% of each stage's epochs, cross-entropy with label
               smoothing 0.1, the original's augmentations (sisa.augment.augment), no test-time
               augmentation.
-    strong    a from-scratch recipe chosen by measurement (benchmarks/recipes.py, README "Recipes"):
+    strong    a from-scratch recipe chosen by measurement (benchmarks/recipes.py, docs/recipes.md):
               AdamW (lr 2e-3, weight decay 5e-4 on weights, none on biases and norms), a one-cycle
               schedule stepped per batch over each stage, label smoothing 0.1, logit-adjusted
               cross-entropy (Menon et al. 2021: the logits are offset by the log class prior of the
