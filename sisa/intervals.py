@@ -1,0 +1,82 @@
+"""Intervals and verdicts for changes measured over replicates, on shared test faces.
+
+A study's replicate r draws its own fold assignment, likelihood flags, partitions and initial weights,
+and every configuration of replicate r shares them (paired). A change (configuration minus reference)
+is measured in each replicate, d_r, and under B resamples of the test faces, d_rb, the same face
+weights for every replicate and configuration (a face counts the same number of times everywhere).
+Two sources of noise, added:
+
+  training and placement   the spread of d_r between replicates: s^2 / R
+  which faces were tested  the spread over b of the mean over r of d_rb: every replicate tests the
+                           same faces (the k-fold test), so this error is shared by all replicates and
+                           does not average out with more of them
+
+se^2 = s^2 / R + var_b(mean_r d_rb). The interval is a t interval with Welch-Satterthwaite degrees of
+freedom (R - 1 when the replicates' spread dominates, normal when the faces' does); one replicate has
+only the faces' part, as a study with --replicates 1 (the quick start) says. Verdicts and intervals use
+one level: Bonferroni over the family (alpha / m), so an interval excludes 0 exactly when its verdict is
+not "inconclusive", and the detectable change is the one such a test finds with 80% power.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import t as student
+
+ALPHA, POWER = 0.05, 0.8
+
+
+@dataclass(frozen=True)
+class Change:
+    """A change over replicates: estimate, its standard error and degrees of freedom, its parts."""
+    estimate: float
+    se: float
+    df: float
+    replicates: int
+    se_replicates: float      # training and placement: s / sqrt(R) (0 with one replicate)
+    se_faces: float           # which faces were tested
+
+    def interval(self, family: int = 1) -> tuple[float, float]:
+        """The (1 - ALPHA / family) interval: Bonferroni over the family, as the verdict."""
+        q = self.quantile(1 - ALPHA / (2 * max(1, family)))
+        return self.estimate - q * self.se, self.estimate + q * self.se
+
+    def p(self) -> float:
+        if self.se == 0:
+            return 1.0 if self.estimate == 0 else 0.0
+        return float(2 * student.sf(abs(self.estimate) / self.se, self.df))
+
+    def detectable(self, family: int = 1) -> float:
+        """The change a two-sided test at ALPHA / family detects with POWER."""
+        return float((self.quantile(1 - ALPHA / (2 * max(1, family))) + self.quantile(POWER)) * self.se)
+
+    def quantile(self, q: float) -> float:
+        return float(student.ppf(q, self.df)) if np.isfinite(self.df) else float(student.ppf(q, 1e9))
+
+
+def change(d: np.ndarray) -> Change:
+    """(R, B+1) changes -> Change: column 0 each replicate's estimate, columns 1..B its face resamples
+    (face weights shared across replicates). NaN draws (a resample without a race) are dropped."""
+    d = np.asarray(d, dtype=float)
+    R = d.shape[0]
+    est = d[:, 0]
+    mean_b = d[:, 1:].mean(axis=0)
+    mean_b = mean_b[np.isfinite(mean_b)]
+    v_faces = float(mean_b.var(ddof=1)) if len(mean_b) > 1 else 0.0
+    v_reps = float(est.var(ddof=1)) / R if R > 1 else 0.0
+    se = float(np.sqrt(v_reps + v_faces))
+    # Welch-Satterthwaite: the faces' part is known from many resamples (infinite df)
+    df = float("inf") if v_reps == 0 else (v_reps + v_faces) ** 2 / (v_reps ** 2 / (R - 1))
+    return Change(float(est.mean()), se, df, R, float(np.sqrt(v_reps)), float(np.sqrt(v_faces)))
+
+
+def verdict(c: Change, family: int) -> tuple[str, float, float]:
+    """(verdict, Bonferroni p, detectable) of a change in a family of `family` tests: "higher" or
+    "lower" (for a gap, other races minus the reference: higher means the reference race lost ground),
+    else "inconclusive" with the change the study could have detected."""
+    p_adj = min(1.0, c.p() * max(1, family))
+    detect = c.detectable(family)
+    if p_adj < ALPHA:
+        return ("higher" if c.estimate > 0 else "lower"), p_adj, detect
+    return f"inconclusive (detectable ±{100 * detect:.1f})", p_adj, detect
