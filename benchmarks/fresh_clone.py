@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/fresh_clone.py --dest ../fresh2 --out benchmarks/results/fresh-clone-cpu-DATE-run2.json
     .venv/bin/python benchmarks/fresh_clone.py --record ../fresh1 --out ...   # record a clone already timed
+    .venv/bin/python benchmarks/fresh_clone.py --dest ../fresh3 --smoke --out ...  # the README's smoke study instead
 
 The clone must sit where `setup.sh` finds the data (beside `../shared`, or with $UTKFACE_DIR set).
 The study runs under `/usr/bin/time -v` (its output in <dest>/study-time.txt); the JSON written holds
@@ -52,7 +53,15 @@ def study_folder(dest: Path, name: str | None) -> StudyLayout:
     return found[0]
 
 
-def record(dest: Path, out: Path, study: str | None = None) -> dict:
+def readme_command(readme: Path, marker: str) -> list[str]:
+    """The README's command line holding `marker`, as a new user copies it (one line, no comment)."""
+    for line in readme.read_text().splitlines():
+        if line.startswith(".venv/bin/python study.py") and marker in line:
+            return line.split("#", 1)[0].split()
+    sys.exit(f"fresh_clone: no `.venv/bin/python study.py ... {marker} ...` line in {readme}")
+
+
+def record(dest: Path, out: Path, study: str | None = None, command: list[str] | None = None) -> dict:
     layout = study_folder(dest, study)
     if not layout.report_json.exists():
         sys.exit(f"fresh_clone: {layout.report_json} is missing; did the study finish? (see {dest / 'study-output.txt'})")
@@ -63,7 +72,8 @@ def record(dest: Path, out: Path, study: str | None = None) -> dict:
                    None)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=dest, capture_output=True, text=True).stdout.strip()
     data = {
-        "what": "fresh clone: ./setup.sh, then `.venv/bin/python study.py` timed (setup.sh not included)",
+        "what": f"fresh clone: ./setup.sh, then `{' '.join(command or ['.venv/bin/python', 'study.py'])}` timed "
+                "(setup.sh not included)",
         "date": time.strftime("%Y-%m-%d", time.localtime((dest / "study-time.txt").stat().st_mtime)),
         "commit": commit,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": report["machine"]["device"]},
@@ -85,6 +95,9 @@ def main(argv=None) -> int:
     p.add_argument("--source", default=str(ROOT), help="what to clone (default: this repository)")
     p.add_argument("--out", type=Path, required=True, help="the JSON to write")
     p.add_argument("--study", default=None, help="the study's name under reports/ (default: the one study with a report)")
+    p.add_argument("--smoke", action="store_true",
+                   help="time the README's smoke study (its `study.py ... --name smoke ...` line, verbatim) instead of "
+                        "the whole study")
     a = p.parse_args(argv)
     if bool(a.dest) == bool(a.record):
         p.error("give exactly one of --dest and --record")
@@ -94,9 +107,10 @@ def main(argv=None) -> int:
             p.error(f"{dest} exists; give a new folder")
         sh(["git", "clone", "-q", a.source, str(dest)], ROOT, Path(f"{dest}.clone.log"))
         sh(["./setup.sh"], dest, dest / "setup-output.txt")
-        sh(["/usr/bin/time", "-v", "-o", "study-time.txt", ".venv/bin/python", "study.py"], dest,
-           dest / "study-output.txt")
-    d = record(dest, a.out, a.study)
+    command = readme_command(dest / "README.md", "--name smoke") if a.smoke else [".venv/bin/python", "study.py"]
+    if a.dest:
+        sh(["/usr/bin/time", "-v", "-o", "study-time.txt", *command], dest, dest / "study-output.txt")
+    d = record(dest, a.out, a.study, command)
     b = d["baseline_random_top1"]
     print(f"study.py in {d['study_wall_s'] / 60:.1f} min wall; baseline random {100 * b['value']:.1f}% "
           f"[{100 * b['ci_low']:.1f}, {100 * b['ci_high']:.1f}]; wrote {a.out}")

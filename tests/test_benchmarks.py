@@ -113,3 +113,18 @@ def test_cpu_engine_benchmark_quick(faces_dir, cache_dir, tmp_path):
     for table in res["profile"].values():
         assert sum(v["share"] for v in table.values()) == pytest.approx(1.0) and "convolution" in table
     assert isinstance(res["bf16_in_hardware"], bool) and "cpu_flags" in res
+
+
+def test_the_smoke_timer_runs_the_readmes_own_smoke_line():
+    """fresh_clone.py --smoke times the README's smoke study verbatim: the line is there and study.py takes it."""
+    import sys
+    from sisa.layout import PROJECT_ROOT
+    spec = importlib.util.spec_from_file_location("fresh_clone", PROJECT_ROOT / "benchmarks" / "fresh_clone.py")
+    fresh_clone = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh_clone)
+    command = fresh_clone.readme_command(PROJECT_ROOT / "README.md", "--name smoke")
+    assert command[:2] == [".venv/bin/python", "study.py"] and "--limit" in command
+    sys.path.insert(0, str(PROJECT_ROOT))
+    import study
+    args = study.get_args_parser().parse_args(command[2:])
+    assert args.name == "smoke" and args.limit
