@@ -89,6 +89,8 @@ def levels(values: dict[str, np.ndarray]) -> list[dict]:
         for group, series in ([(r, v[:, :, i]) for i, r in enumerate(RACES)] if v.ndim == 3 else [(None, v)]):
             c = change(series)
             lo, hi = c.interval()
+            if not m.startswith("gap"):          # an accuracy: its interval stays within [0, 1]
+                lo, hi = max(0.0, lo), min(1.0, hi)
             rows.append({"statistic": m, "group": group, "value": c.estimate, "ci_low": lo, "ci_high": hi,
                          "se_replicates": c.se_replicates, "se_faces": c.se_faces, "replicates": c.replicates})
     return rows
@@ -145,3 +147,41 @@ def tidy_counts(study: str, test: str, tag: str, phase: str, replicate: int, pre
     return g.assign(study=study, test=test, configuration=tag, phase=phase, replicate=replicate)[
         ["study", "test", "configuration", "phase", "replicate", "fold", "race", "age_class", "n", "correct",
          "accuracy_points"]]
+
+
+def placement_shares(exps_by_tag: dict, reference: str) -> dict:
+    """What the placements change: each shard's share of the reference race and of flagged faces among
+    its training faces (mean over folds, replicate 0), against the range uniform's shards show by
+    chance; and how often each race is flagged as likely to ask (the likelihood model's race-blindness)."""
+    ref = RACES.index(reference)
+    by_shard = {}
+    for tag, exps in exps_by_tag.items():
+        per_fold = []
+        for p in exps[0].partitions:
+            train = p[p["role"] == "train"]
+            g = train.groupby("shard")
+            per_fold.append(pd.DataFrame({"reference": g["race"].apply(lambda r: float((r == ref).mean())),
+                                          "flagged": g["high_likelihood"].mean().astype(float)}))
+        mean = sum(per_fold) / len(per_fold)
+        by_shard[tag] = {"reference_share": mean["reference"].tolist(), "flagged_share": mean["flagged"].tolist()}
+    chance = [v for t in ("uniform", "uniform-b") if t in by_shard for v in by_shard[t]["reference_share"]]
+    out = {"reference_race": reference, "by_shard": by_shard,
+           "uniform_range": [min(chance), max(chance)] if chance else None}
+    if exps_by_tag:
+        table = next(iter(exps_by_tag.values()))[0].partitions[0]
+        flagged = table.groupby("race")["high_likelihood"].mean()
+        out["flagged_by_race"] = {RACES[int(i)]: float(v) for i, v in flagged.items()}
+    return out
+
+
+def load_study(study_dir) -> pd.DataFrame:
+    """A study's tidy counts (reports/<study>/counts.csv.gz): one row per study, test, configuration,
+    phase, replicate, fold, race and age class, with n, correct and accuracy in points.
+
+        from sisa.study import load_study
+        counts = load_study("reports/cpu")
+        counts.groupby(["configuration", "race"])[["correct", "n"]].sum()
+    """
+    from ..layout import StudyLayout
+    from pathlib import Path
+    return pd.read_csv(StudyLayout(Path(study_dir)).counts)
