@@ -9,6 +9,7 @@ positive control, evaluates them, serves --sample unlearning requests per fold (
 again, compares placements with uniform SISA and everything with the baseline, and writes
 reports/<study>/report.md and report.json. Rerunning the same command continues where it stopped.
 """
+import argparse
 from pathlib import Path
 
 from sisa.cli import Parser, add_precision_arg, count, positive_float, positive_int, run_main
@@ -18,7 +19,7 @@ from sisa.layout import DEFAULT_CACHE, DEFAULT_CHECKPOINTS, DEFAULT_DATA, DEFAUL
 
 
 def get_args_parser() -> Parser:
-    from sisa.study import CONFIGS, PRESET_NAMES, PRESETS
+    from sisa.study.settings import CHOOSABLE, PRESET_NAMES, PRESETS
     p = Parser(description=__doc__.split("\n")[0], epilog="See docs/study.md (and README.md for the quick start).")
     p.add_argument("--preset", choices=PRESET_NAMES, default="auto",
                    help="auto: poster on CUDA with the ImageNet weights at hand, gpu on CUDA without them, cpu otherwise; "
@@ -39,14 +40,27 @@ def get_args_parser() -> Parser:
     g.add_argument("--test_random", type=count, help="balanced test: extra random faces")
     g.add_argument("--batch_size", type=positive_int, help="batch per shard model")
     g.add_argument("--lr", type=positive_float, help="peak learning rate (default: the recipe's)")
-    g.add_argument("--seeds", type=positive_int, help="training seeds per configuration (same partitions and test faces)")
+    g.add_argument("--replicates", "--seeds", dest="replicates", type=positive_int,
+                   help="replicates: each draws its own folds, likelihood flags, partitions and initial weights, shared by "
+                        "every configuration of the replicate (paired); intervals come from their spread (default 1; "
+                        "--seeds is an older name)")
     g.add_argument("--sample", type=count, help="unlearning requests served per fold and SISA run (0: none)")
     c = g.add_mutually_exclusive_group()
     c.add_argument("--control", dest="control", action="store_true", default=None,
                    help="include the positive control (default: as the preset, which includes it)")
     c.add_argument("--no_control", dest="control", action="store_false", help="leave the positive control out")
-    g.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None,
-                   help="configurations (default: baseline uniform few-shards later-slices; segregated is optional)")
+    g.add_argument("--control_doses", type=dose, nargs="+",
+                   help="the positive control's doses: shares of the control race's training faces given a random age "
+                        "class, one run per dose, so the report says the smallest effect it detects (default 1.0)")
+    a = g.add_mutually_exclusive_group()
+    a.add_argument("--aa", dest="aa", action="store_true", default=None,
+                   help="include uniform-b, a second uniform placement: the A/A contrast that calibrates the study (default)")
+    a.add_argument("--no_aa", dest="aa", action="store_false", help="leave the A/A arm out")
+    g.add_argument("--reference_race", choices=("white", "black", "asian", "indian", "other"),
+                   help="the race every gap is measured against, fixed before the data are seen (default: --control_race)")
+    g.add_argument("--configs", nargs="+", choices=list(CHOOSABLE), default=None,
+                   help="configurations (default: baseline uniform few-shards later-slices; segregated is optional; the A/A "
+                        "arm uniform-b and the control's doses follow --aa, --control and --control_doses)")
     g.add_argument("--num_shards", type=positive_int, help="shards of the SISA configurations (default 5)")
     g.add_argument("--num_slices", type=positive_int, help="slices of the SISA configurations (default 3)")
     g.add_argument("--control_race", choices=("white", "black", "asian", "indian", "other"),
@@ -95,14 +109,25 @@ def get_args_parser() -> Parser:
     return p
 
 
+def dose(text: str) -> float:
+    """--control_doses: a share above 0 and at most 1."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0 and at most 1")
+    return v
+
+
 def jobs_arg(text: str) -> int | None:
     """--jobs: a whole number >= 1, or auto (None: chosen from the machine)."""
     return None if text == "auto" else positive_int(text)
 
 
 OVERRIDES = ("image_size", "model", "weights", "recipe", "epochs", "slice_epochs", "folds", "tests", "test_per_cell",
-             "test_random", "batch_size", "lr", "seeds", "sample", "control", "configs", "num_shards", "num_slices",
-             "control_race", "seed", "limit", "n_boot")
+             "test_random", "batch_size", "lr", "replicates", "sample", "control", "control_doses", "aa", "reference_race",
+             "configs", "num_shards", "num_slices", "control_race", "seed", "limit", "n_boot")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,9 +67,14 @@ def record(dest: Path, out: Path, study: str | None = None, command: list[str] |
         sys.exit(f"fresh_clone: {layout.report_json} is missing; did the study finish? (see {dest / 'study-output.txt'})")
     report = json.loads(layout.report_json.read_text())
     kfold = report["tests"]["kfold"]
-    base = kfold["levels"]["baseline"]["top1 random"]
-    control = next((c for c in kfold["contrasts"].get("control vs uniform", []) if c["statistic"].startswith("gap")),
-                   None)
+    if report.get("format") == 2:        # a study of replicates: accuracy on all faces, the control's primary gap
+        base = next(r for r in kfold["levels"]["baseline before"] if r["statistic"] == "accuracy_overall")
+        control = next((c for c in kfold["comparisons"].get("control vs uniform", [])
+                        if c["run"] == "control" and c["statistic"] == "gap_accuracy_standardised"), None)
+    else:
+        base = kfold["levels"]["baseline"]["top1 random"]
+        control = next((c for c in kfold["contrasts"].get("control vs uniform", []) if c["statistic"].startswith("gap")),
+                       None)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=dest, capture_output=True, text=True).stdout.strip()
     data = {
         "what": f"fresh clone: ./setup.sh, then `{' '.join(command or ['.venv/bin/python', 'study.py'])}` timed "

@@ -71,14 +71,66 @@ class RunSet:
 
 
 def analyse(settings, checkpoints_dir: Path, summaries_dir: Path, progress: dict, device: str) -> dict:
-    """The whole report as plain data (see report.py for how it is shown)."""
-    out = {"study": settings.name, "settings": settings.to_dict(), "machine": machine(device),
+    """The whole report as plain data (see report.py for how it is shown): format 2, the study of
+    replicates (study/numbers.py)."""
+    out = {"format": 2, "study": settings.name, "settings": settings.to_dict(), "machine": machine(device),
            "timings": timings(progress), "poster": {"top1": POSTER, "composition": POSTER_COMPOSITION}, "tests": {}}
     for test in settings.tests:
-        sets = {tag: RunSet(tag, [settings.run_name(test, tag, k) for k in range(settings.seeds)], checkpoints_dir,
+        sets = {tag: RunSet(tag, [settings.run_name(test, tag, r) for r in range(settings.replicates)], checkpoints_dir,
                             summaries_dir, progress) for tag in settings.all_configs}
-        out["tests"][test] = analyse_test(test, sets, settings.n_boot, settings.control_race)
+        out["tests"][test] = analyse_replicates(test, sets, settings)
     return out
+
+
+SECONDARY = ("accuracy_overall", "group_min_accuracy", "gap_accuracy", "gap_accuracy_within_one", "accuracy_standardised")
+
+
+def analyse_replicates(test: str, sets: dict[str, RunSet], s) -> dict:
+    """One test kind of a study of replicates: levels, the comparison families, the A/A calibration,
+    the control's dose response, what the placements change, costs; every number paired within a
+    replicate and replicated across them."""
+    from .study import numbers as N
+    ref = s.reference
+    faces = N.StudyFaces([p for rs in sets.values() for p in rs.before + (rs.after or [])], s.n_boot, s.seed, test)
+    values, broken = {}, {}
+    for tag, rs in sets.items():
+        for phase, preds in (("before", rs.before), ("after", rs.after)):
+            if preds is None:
+                continue
+            values[(tag, phase)] = N.stack([faces.measures(p, ref) for p in preds])
+            why = next((w for w in map(N.degenerate_run, preds) if w), None)
+            if why:
+                broken[(tag, phase)] = why
+    fams: dict[str, list] = {}
+
+    def family(name: str, pairs: list, secondary: tuple = SECONDARY) -> None:
+        if pairs:
+            fams[name] = N.compare(name, pairs, values, broken, (N.PRIMARY,), ref)
+            fams[f"{name}, secondary"] = N.compare(f"{name}, secondary", pairs, values, broken, secondary, ref)
+    if "uniform" in sets:
+        family("placement vs uniform", [(t, "before", "uniform", "before") for t in PLACEMENTS + ("segregated",)
+                                        if t in sets])
+        family("A/A: uniform-b vs uniform", [("uniform-b", "before", "uniform", "before")] if "uniform-b" in sets else [])
+        family("control vs uniform", [(t, "before", "uniform", "before") for t in s.controls if t in sets],
+               ("accuracy_standardised", "accuracy_overall"))
+    family("vs baseline", [(t, "before", "baseline", "before") for t in sets if t != "baseline"])
+    family("after vs before unlearning", [(t, "after", t, "before") for t in sets if (t, "after") in values],
+           ("accuracy_overall", "accuracy_standardised"))
+    per_race = faces.table["race"].value_counts()
+    return {"faces": {"tested": len(faces.table), "per_race": {r: int(per_race.get(i, 0)) for i, r in enumerate(RACES)},
+                      "folds": sets["baseline"].cfg.folds, "replicates": s.replicates,
+                      "standard_age_shares": dict(zip(AGE_CLASSES, map(float, faces.shares)))},
+            "reference_race": ref,
+            "degenerate": [{"config": t, "phase": ph, "why": why} for (t, ph), why in broken.items()],
+            "levels": {f"{t} {ph}": N.levels(v) for (t, ph), v in values.items()},
+            "comparisons": {k: [c.to_dict() for c in v] for k, v in fams.items()},
+            "aa": N.aa_false_positives(values, broken, s.replicates),
+            "dose_response": N.dose_response(fams.get("control vs uniform", []), s.controls),
+            "placement": N.placement_shares({t: rs.exps for t, rs in sets.items() if rs.sisa}, ref),
+            "aggregations": {tag: aggregations(rs, rs.summaries_dir) for tag, rs in sets.items() if rs.sisa},
+            "unlearning": {tag: unlearning(rs) for tag, rs in sets.items() if rs.sisa},
+            "composition": _records(composition_shares(sets.get("later-slices", sets["baseline"]).exps[0].partitions)),
+            "runs": {tag: {"before": rs.names, "after": rs.after_names} for tag, rs in sets.items()}}
 
 
 def analyse_test(test: str, sets: dict[str, RunSet], n_boot: int, control_race: str) -> dict:

@@ -80,3 +80,66 @@ def verdict(c: Change, family: int) -> tuple[str, float, float]:
     if p_adj < ALPHA:
         return ("higher" if c.estimate > 0 else "lower"), p_adj, detect
     return f"inconclusive (detectable ±{100 * detect:.1f})", p_adj, detect
+
+
+_NUMBERS = ("change", "ci_low", "ci_high", "ci_low_adjusted", "ci_high_adjusted", "se", "se_replicates", "se_faces",
+            "df", "p", "p_adjusted", "detectable")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Comparison:
+    """One statistic of one comparison in a study of replicates: configuration `run` (in `phase`) minus
+    `reference` (in `reference_phase`), paired within each replicate. Fractions (x100: points)."""
+    family: str
+    run: str
+    phase: str = "before"
+    reference: str
+    reference_phase: str = "before"
+    statistic: str                  # a measures.py name: gap_accuracy_standardised (primary), accuracy, ...
+    group: str | None = None        # the race of a by-race statistic
+    change: float
+    ci_low: float                   # 95%, unadjusted
+    ci_high: float
+    ci_low_adjusted: float          # at the family's Bonferroni level: the interval the verdict reads
+    ci_high_adjusted: float
+    se: float
+    se_replicates: float
+    se_faces: float
+    df: float
+    replicates: int
+    p: float
+    p_adjusted: float
+    detectable: float
+    outcome: str                    # higher, lower, inconclusive, or none (no verdict)
+    verdict: str
+
+    def to_dict(self) -> dict:
+        return {k: (None if k in _NUMBERS and not np.isfinite(v) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Comparison":
+        return cls(**{k: (float("nan") if k in _NUMBERS and v is None else v) for k, v in d.items()})
+
+
+def decide(family: str, items: list[tuple[dict, np.ndarray | str]]) -> list[Comparison]:
+    """A family of comparisons, decided together. Each item: (fields: run, phase, reference, ...,
+    statistic, group) and either the (R, B+1) changes or a reason it gets no verdict (a degenerate
+    run). Only the testable ones count in the family's size."""
+    testable = sum(not isinstance(d, str) for _, d in items)
+    out = []
+    for fields_, d in items:
+        if isinstance(d, str):
+            nan = float("nan")
+            out.append(Comparison(family=family, **fields_, change=nan, ci_low=nan, ci_high=nan, ci_low_adjusted=nan,
+                                  ci_high_adjusted=nan, se=nan, se_replicates=nan, se_faces=nan, df=nan,
+                                  replicates=0, p=nan, p_adjusted=nan, detectable=nan, outcome="none",
+                                  verdict=f"no verdict: {d}"))
+            continue
+        c = change(d)
+        word, p_adj, detect = verdict(c, testable)
+        (lo, hi), (alo, ahi) = c.interval(1), c.interval(testable)
+        out.append(Comparison(family=family, **fields_, change=c.estimate, ci_low=lo, ci_high=hi, ci_low_adjusted=alo,
+                              ci_high_adjusted=ahi, se=c.se, se_replicates=c.se_replicates, se_faces=c.se_faces,
+                              df=c.df, replicates=c.replicates, p=c.p(), p_adjusted=p_adj, detectable=detect,
+                              outcome=word.split()[0], verdict=word))
+    return out

@@ -173,6 +173,7 @@ class StudyLayout:
     report_md = property(lambda self: self.root / "report.md")
     report_json = property(lambda self: self.root / "report.json")
     predictions = property(lambda self: self.root / "predictions")   # per-face predictions of every run
+    counts = property(lambda self: self.root / "counts.csv.gz")       # tidy counts by run, fold, race and age class
     lock = property(lambda self: self.root / "LOCK")
 
     def figure(self, name: str) -> Path:

@@ -132,3 +132,21 @@ def contrast_chart(families: dict[str, list[dict]], path: Path) -> Path:
     ax.set_xlabel("change in points (95% interval)")
     ax.set_title("Is unfairness changed? Paired changes of the gap and of the worst race", fontsize=10)
     return _save(fig, path)
+
+
+def dose_response(rows: list[dict], reference: str, path: Path) -> Path:
+    """The positive control's change of the gap (points, with its interval) against the dose of label
+    noise on the reference race's training faces."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    x = [100 * r["dose"] for r in rows]
+    y = [100 * r["change"] if r["change"] is not None else np.nan for r in rows]
+    lo = [100 * r["ci_low"] if r["ci_low"] is not None else np.nan for r in rows]
+    hi = [100 * r["ci_high"] if r["ci_high"] is not None else np.nan for r in rows]
+    ax.errorbar(x, y, yerr=[np.subtract(y, lo), np.subtract(hi, y)], fmt="o-", capsize=3, color="#c0392b")
+    for xi, yi, r in zip(x, y, rows):
+        ax.annotate(r["outcome"], (xi, yi), textcoords="offset points", xytext=(4, 6), fontsize=7)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel(f"dose: % of {reference} training faces given a random age class")
+    ax.set_ylabel(f"change of the gap (others - {reference}), points")
+    ax.set_title("Positive control: what the study detects", fontsize=10)
+    return _save(fig, path)

@@ -32,6 +32,13 @@ CONFIG_TITLES = {"baseline": "baseline 1x1", "uniform": "uniform", "few-shards":
                  "segregated": "segregated (one race in few shards)"}
 
 
+def config_title(tag: str) -> str:
+    """A configuration as tables name it: 'later slices', 'uniform, second arm (A/A)', 'positive control, dose 25%'."""
+    if tag.startswith("control-"):
+        return f"positive control, dose {tag.split('-', 1)[1]}%"
+    return {**CONFIG_TITLES, "uniform-b": "uniform, second arm (A/A)"}.get(tag, tag)
+
+
 def write_report(layout: StudyLayout, settings, opts, summaries_dir: Path, progress: dict,
                  seconds_total: float) -> Path:
     data = analyse(settings, opts.checkpoints_dir, summaries_dir, progress, opts.device)
@@ -126,6 +133,7 @@ def settings_table(r: dict) -> str:
             ["epochs per stage", f"{s['epochs']} (`--slice_epochs {s['slice_epochs']}`)"],
             ["folds", str(s["folds"])], ["test sets", ", ".join(s["tests"])],
             ["SISA", f"{s['num_shards']} shards x {s['num_slices']} slices"],
+            ["replicates (own folds, flags, partitions, weights)", str(s["replicates"])] if "replicates" in s else
             ["training seeds per configuration", str(s["seeds"])],
             ["unlearning requests served per fold", str(s["sample"])],
             ["positive control", f"uniform SISA with every {s['control_race']} training face given a random "
@@ -151,9 +159,9 @@ def answer(t: dict, h: str) -> list[str]:
     if not cs:
         return []
     worst = cs[0].worst
-    rows = [primary_row(CONFIG_TITLES[run], cs, run) for run in runs(cs)]
+    rows = [primary_row(config_title(run), cs, run) for run in runs(cs)]
     by = family(t, "placement vs uniform, by group")
-    group_rows = [group_row(CONFIG_TITLES[run], by, run) for run in runs(by)]
+    group_rows = [group_row(config_title(run), by, run) for run in runs(by)]
     gap = find(by, by[0].run, "gap (best - worst)") if by else None
     best_gap = f"{gap.best} - {gap.worst}" if gap else ""
     return [f"{h}## The answer: placement versus uniform SISA", "",
@@ -241,12 +249,12 @@ def accuracy(r: dict, t: dict, h: str) -> list[str]:
             + (" and training seeds" if seeds > 1 else "") + "; 95% intervals over test faces"
             + (" and seeds" if seeds > 1 else "") + " (percentile; basic intervals for gap, worst race and ratio, which "
             "are order statistics). In parentheses: the poster (ImageNet weights, 200 px, 63 test faces per race).", "",
-            table(["group", *(CONFIG_TITLES[x] for x in tags)], rows), ""]
+            table(["group", *(config_title(x) for x in tags)], rows), ""]
 
 
 def versus_baseline(t: dict, h: str) -> list[str]:
     cs = family(t, "vs baseline")
-    rows = [primary_row(CONFIG_TITLES[run], cs, run) for run in runs(cs)]
+    rows = [primary_row(config_title(run), cs, run) for run in runs(cs)]
     worst = cs[0].worst if cs else ""
     return [f"{h}## SISA versus the monolithic baseline", "",
             f"Change in points (configuration − baseline); the worst race is the baseline's ({worst}), the gap the mean of "
@@ -261,7 +269,7 @@ def after(t: dict, h: str) -> list[str]:
     rows = []
     for tag in runs(cs):                          # each run after its requests, against itself before
         before, later = (level(t[key][tag], "gap (best - worst)")["value"] for key in ("levels", "levels_after"))
-        title, *cells = primary_row(CONFIG_TITLES[tag], cs, tag)
+        title, *cells = primary_row(config_title(tag), cs, tag)
         rows.append([title, f"{pct(before)} → {pct(later)}", *cells])
     return [f"{h}## Fairness after the served requests", "",
             "The same test faces before and after each SISA run served its requests (paired); the worst race is the "
@@ -274,7 +282,7 @@ def aggregations(t: dict, h: str) -> list[str]:
     rows = []
     for tag, a in t["aggregations"].items():
         for model, v in a.items():
-            rows.append([CONFIG_TITLES[tag], model, *(pct(v.get(g)) for g in GROUPS)])
+            rows.append([config_title(tag), model, *(pct(v.get(g)) for g in GROUPS)])
     return [f"{h}## Ensemble versus single shards, and the three aggregations", "",
             "Top-1 in % before unlearning (mean over seeds): the ensemble under each aggregation, and the shard models "
             "alone (their mean, lowest and highest).", "",
@@ -291,7 +299,7 @@ def costs(t: dict, s: dict, h: str) -> list[str]:
         sv = u["served"]
         served = (f"{sv['requests']}: {pct(sv['share_of_full'])}%, {secs(sv['wall_seconds_per_request'])}"
                   + (" (verified)" if sv["verified"] else "")) if sv["requests"] else "none (`--sample 0`)"
-        rows.append([CONFIG_TITLES[tag], f"{e['speedup_vs_baseline']:.2f}x", f"{pct(e['expected_share_of_full'])}%",
+        rows.append([config_title(tag), f"{e['speedup_vs_baseline']:.2f}x", f"{pct(e['expected_share_of_full'])}%",
                      f"{es['speedup_vs_baseline']:.2f}x / {pct(es['expected_share_of_full'])}%",
                      f"{ei['speedup_vs_baseline']:.2f}x / {pct(ei['expected_share_of_full'])}%", *batch_cells, served])
     return [f"{h}## Unlearning cost per strategy", "",
@@ -320,7 +328,7 @@ def collapsed(t: dict, h: str) -> list[str]:
     if not t["collapsed"]:
         return []
     classes = sorted({c["age_class"] for c in t["collapsed"]}, key=AGE_CLASSES.index)
-    rows = [[CONFIG_TITLES[tag], g, *(pct(t["per_class"][tag][g][c]) for c in AGE_CLASSES)]
+    rows = [[config_title(tag), g, *(pct(t["per_class"][tag][g][c]) for c in AGE_CLASSES)]
             for tag in t["per_class"] for g in GROUPS if any(t["per_class"][tag][g][c] is not None and
                                                              t["per_class"][tag][g][c] < 0.10 for c in classes)]
     return [f"{h}## Age classes that collapse", "",
@@ -352,8 +360,8 @@ def figures(layout: StudyLayout, data: dict, summaries_dir: Path) -> dict:
     out = {}
     for test, t in data["tests"].items():
         figs = {}
-        top1 = {CONFIG_TITLES[tag]: pd.Series({g: level(lv, "top1", g)["value"] for g in GROUPS}) for tag, lv in t["levels"].items()}
-        decrease = {CONFIG_TITLES[tag]: pd.Series({r: level(lv, "decrease vs best", r)["value"] for r in RACES})
+        top1 = {config_title(tag): pd.Series({g: level(lv, "top1", g)["value"] for g in GROUPS}) for tag, lv in t["levels"].items()}
+        decrease = {config_title(tag): pd.Series({r: level(lv, "decrease vs best", r)["value"] for r in RACES})
                     for tag, lv in t["levels"].items()}
         name = f"{test}-accuracy"
         plots.bar_chart(top1, decrease, layout.figure(name),
@@ -367,8 +375,8 @@ def figures(layout: StudyLayout, data: dict, summaries_dir: Path) -> dict:
                 square = np.array([[t["per_class"][tag][g][c] if t["per_class"][tag][g][c] is not None else np.nan
                                     for c in AGE_CLASSES] for g in ORIGINAL_GROUPS])      # the heatmap's rows
                 name = f"{test}-{tag}-heatmap"
-                plots.heatmap(square, CONFIG_TITLES[tag], layout.figure(name))
-                figs[f"{CONFIG_TITLES[tag]}: race x age class"] = layout.figure(name).name
+                plots.heatmap(square, config_title(tag), layout.figure(name))
+                figs[f"{config_title(tag)}: race x age class"] = layout.figure(name).name
         shares = pd.DataFrame(t["composition"]).T
         name = f"{test}-composition"
         plots.composition_chart(shares, layout.figure(name), "race shares of the high- and low-likelihood training faces")

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .layout import PROJECT_ROOT, StudyLayout
-from .report import CONFIG_TITLES, chg, family, find, interval, level, pct, render, runs, secs, table
+from .report import chg, config_title, family, find, interval, level, pct, render, runs, secs, table
 from .stats import Contrast
 
 # The committed sets, in the order RESULTS.md shows them.
@@ -49,6 +49,10 @@ def summary_section(report_dirs: list[Path]) -> str:
     for d in report_dirs:
         data = json.loads(StudyLayout(d).report_json.read_text())
         s = data["settings"]
+        if data.get("format") == 2:          # a study of replicates
+            from .study.report import summary_lines
+            lines += summary_lines(data)
+            continue
         for test, t in data["tests"].items():
             where = (f"`{s['name']}`, {test} test ({t['faces']['tested']:,} test faces, {s['seeds']} training seed(s) per "
                      f"configuration)")
@@ -56,7 +60,7 @@ def summary_section(report_dirs: list[Path]) -> str:
             placed = family(t, "placement vs uniform")
             lines.append(f"- **{where}.**" + (
                 f" Placement versus uniform SISA, the change of the gap between the other races and {placed[0].worst}: "
-                + "; ".join(f"{CONFIG_TITLES[run]} {_fmt(find(placed, run, 'gap (others - worst)'))}" for run in runs(placed))
+                + "; ".join(f"{config_title(run)} {_fmt(find(placed, run, 'gap (others - worst)'))}" for run in runs(placed))
                 + "." if placed else " No placement was run."))
             control = family(t, "control vs uniform")
             if control:

@@ -13,7 +13,8 @@ import pytest
 
 from helpers import call_script, error_line, run_script
 from sisa.layout import PROJECT_ROOT
-from sisa.report import render
+from sisa.study import load_study
+from sisa.study.report import render
 from sisa.study import Settings, resolve_settings
 
 TINY = ["--preset", "cpu", "--configs", "baseline", "uniform", "later-slices", "--epochs", 1, "--image_size", 24,
@@ -39,26 +40,38 @@ def test_the_study_runs_every_phase_and_writes_its_report(tiny_study):
     rep = tmp / "rep" / "tiny"
     data = json.loads((rep / "report.json").read_text())
     t = data["tests"]["kfold"]
-    assert set(t["levels"]) == {"baseline", "uniform", "later-slices", "control"}       # the control is on by default
-    assert {"placement vs uniform", "control vs uniform", "vs baseline", "after vs before unlearning"} <= set(t["contrasts"])
-    gap = [c for c in t["contrasts"]["placement vs uniform"] if c["statistic"].startswith("gap")][0]
-    assert gap["ci_low"] <= gap["change"] <= gap["ci_high"] and gap["verdict"]
-    assert set(t["unlearning"]) == {"uniform", "later-slices", "control"}
+    assert data["format"] == 2 and t["reference_race"] == "black" and t["faces"]["replicates"] == 1
+    tags = {"baseline", "uniform", "uniform-b", "later-slices", "control"}       # the A/A arm and the control by default
+    assert set(t["runs"]) == tags and {f"{x} before" for x in tags} <= set(t["levels"])
+    assert {"placement vs uniform", "A/A: uniform-b vs uniform", "control vs uniform", "vs baseline",
+            "after vs before unlearning"} <= set(t["comparisons"])
+    for family, cs in t["comparisons"].items():
+        for c in cs:         # a tiny study's runs may sit at chance: then no verdict, and nothing else is claimed
+            assert c["outcome"] in ("higher", "lower", "inconclusive", "none"), c
+            if c["outcome"] != "none":
+                assert c["ci_low_adjusted"] <= c["change"] <= c["ci_high_adjusted"] and c["verdict"]
+            else:
+                assert c["verdict"].startswith("no verdict") and any(d["config"] in (c["run"], c["reference"])
+                                                                     for d in t["degenerate"])
+    assert set(t["unlearning"]) == tags - {"baseline"}
     u = t["unlearning"]["later-slices"]
     assert u["served"]["requests"] == 2 and u["served"]["verified"]                      # 1 per fold, 2 folds
     assert set(u["expected"]) == {"shared", "independent"}
     assert {"sum_logits", "vote", "mean_softmax", "shard mean", "shard min", "shard max"} == set(t["aggregations"]["uniform"])
     faces = pd.read_csv(rep / "predictions" / "kfold-faces.csv.gz")
-    assert len(faces) == t["faces"]["tested"] and list(faces.columns) == ["fold", "filename", "race", "age_class", "group"]
+    assert len(faces) == t["faces"]["tested"] and list(faces.columns) == ["filename", "race", "age_class"]
     for name, path in data["predictions"].items():                                      # per-face predictions of every run
         with np.load(rep / path) as z:
             shards = 1 if "-baseline" in name else 2                                     # the 1x1 baseline, or 2 x 2
-            assert z["pred1"].shape == (t["faces"]["tested"],) and z["shard_pred1"].shape == (shards, t["faces"]["tested"])
+            n = t["faces"]["tested"]                                                     # k-fold: every face once
+            assert sorted(z["face"]) == list(range(n)) and z["shard_pred1"].shape == (shards, n)
             assert ("ensemble_logits" in z) == ("unlearned" not in name)                  # logits of the runs before
             if "ensemble_logits" in z:
-                assert z["ensemble_logits"].shape == (t["faces"]["tested"], 7)
+                assert z["ensemble_logits"].shape == (n, 7)
                 assert (z["ensemble_logits"].astype(float).argmax(1) == z["pred1"]).mean() > 0.99
-    assert len(data["predictions"]) == 4 + 3                                           # 4 runs before, 3 after unlearning
+    assert len(data["predictions"]) == 5 + 4                                           # 5 runs before, 4 after unlearning
+    counts = load_study(rep)                                                            # the tidy counts, for pandas
+    assert counts.groupby(["configuration", "phase"])["n"].sum().eq(t["faces"]["tested"]).all()
     for fig in data["figures"]["kfold"].values():
         assert (rep / fig).stat().st_size > 0
     # one line per finished phase (--jobs auto on 2 cores: one run at a time, in the study's process)
@@ -71,9 +84,10 @@ def test_the_markdown_is_rendered_from_the_json_alone(tiny_study):
     rep = tmp / "rep" / "tiny"
     data = json.loads((rep / "report.json").read_text())
     assert (rep / "report.md").read_text() == render(data)               # every number shown is in the JSON
-    # and the numbers it shows are those of the JSON: spot-check the headline cell
-    gap = [c for c in data["tests"]["kfold"]["contrasts"]["placement vs uniform"] if c["statistic"].startswith("gap")][0]
-    assert f"{100 * gap['change']:+.1f} [{100 * gap['ci_low']:+.1f}, {100 * gap['ci_high']:+.1f}]" in (rep / "report.md").read_text()
+    # and the numbers it shows are those of the JSON: spot-check the accuracy table's first cell
+    from sisa.study.report import level, lv
+    first = lv(level(data["tests"]["kfold"], "baseline", "accuracy_overall"))
+    assert f"| baseline 1x1 | {first} |" in (rep / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -123,8 +137,8 @@ def test_a_failed_job_is_named_with_its_log_and_the_rerun_finishes_only_what_is_
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "study.py"), *map(str, args), "--no_progress"],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, env=env, timeout=600)
     line = error_line(proc)
-    assert "2 of 3 run(s) failed" in line and "rerun the same command" in line
-    for run in ("jobs-kfold-uniform", "jobs-kfold-later-slices"):
+    assert "3 of 4 run(s) failed" in line and "rerun the same command" in line
+    for run in ("jobs-kfold-uniform", "jobs-kfold-uniform-b", "jobs-kfold-later-slices"):
         assert f"{run}: " in line and str(tmp_path / "rep" / "jobs" / "logs" / f"{run}.log") in line
     assert "jobs-kfold-baseline" not in line.split("failed:")[1]
     assert "2 at a time (local launcher, --jobs 2), 1 torch thread(s) each" in proc.stdout
@@ -132,7 +146,7 @@ def test_a_failed_job_is_named_with_its_log_and_the_rerun_finishes_only_what_is_
     assert not (rep / "report.json").exists()
     baseline = {p: p.stat().st_mtime_ns for p in (tmp_path / "ck" / "jobs-kfold-baseline").glob("fold-*/shard-*/*.pt")}
     out = run_script("study.py", *args).stdout
-    assert "2 run(s) to go" in out and "report: " in out
+    assert "3 run(s) to go" in out and "report: " in out
     assert {p: p.stat().st_mtime_ns for p in baseline} == baseline                   # not trained again
     data = json.loads((rep / "report.json").read_text())
     assert all(u["served"]["verified"] for u in data["tests"]["kfold"]["unlearning"].values())
@@ -142,7 +156,7 @@ def test_a_failed_job_is_named_with_its_log_and_the_rerun_finishes_only_what_is_
 def test_the_slurm_path_runs_through_submitits_local_executor(faces_dir, cache_dir, tmp_path):
     """--launcher submitit-local: each run a submitit job (what --launcher slurm submits), the report
     the same as any study's; a rerun finds every run finished and only re-renders."""
-    args = [*TINY, "--configs", "baseline", "uniform", "--no_control", "--name", "sub",
+    args = [*TINY, "--configs", "baseline", "uniform", "--no_control", "--no_aa", "--name", "sub",
             *where(faces_dir, cache_dir, tmp_path), "--launcher", "submitit-local", "--jobs", 2]
     out = run_script("study.py", *args).stdout
     assert "(submitit-local launcher" in out and "report: " in out
@@ -220,13 +234,18 @@ def test_bad_study_input_is_one_clear_line(tmp_path, args, message):
 
 
 def test_presets_and_overrides_resolve_to_complete_settings():
-    s = resolve_settings("cpu", {"seeds": 3, "tests": "both", "epochs": None}, None)
-    assert s.name == "cpu" and s.seeds == 3 and s.tests == ("balanced", "kfold") and s.epochs == 4
-    assert s.all_configs == ("baseline", "uniform", "few-shards", "later-slices", "control")
+    s = resolve_settings("cpu", {"replicates": 3, "tests": "both", "epochs": None}, None)
+    assert s.name == "cpu" and s.replicates == 3 and s.tests == ("balanced", "kfold") and s.epochs == 4
+    assert s.all_configs == ("baseline", "uniform", "uniform-b", "few-shards", "later-slices", "control")
     assert Settings.from_dict(json.loads(json.dumps(s.to_dict()))) == s
     cfg = s.run_config("kfold", "later-slices", 2)
-    assert cfg.name == "cpu-kfold-later-slices-seed2" and cfg.training_seed == 2 and cfg.strategy == "sorted-kfold"
-    assert s.run_config("kfold", "baseline", 0).num_shards == 1 and s.run_config("kfold", "baseline", 0).training_seed is None
+    assert cfg.name == "cpu-kfold-later-slices-rep2" and cfg.seed not in (0, s.run_config("kfold", "later-slices", 1).seed)
+    assert cfg.strategy == "sorted-kfold" and cfg.training_seed is None
+    assert s.run_config("kfold", "baseline", 2).seed == cfg.seed                  # a replicate's runs share its seed
+    assert s.run_config("kfold", "baseline", 0).num_shards == 1 and s.run_config("kfold", "baseline", 0).seed == 0
+    assert s.run_config("kfold", "uniform-b", 0).arm == 1 and s.run_config("kfold", "uniform", 0).arm == 0
+    doses = resolve_settings("cpu", {"control_doses": (0.25, 1.0)}, None)
+    assert doses.all_configs[-2:] == ("control-25", "control") and doses.run_config("kfold", "control-25", 0).label_noise == 0.25
     control = s.run_config("balanced", "control", 0)
     assert control.strategy == "random-balanced" and control.label_noise == 1.0 and control.control_race == "black"
     seg = resolve_settings("cpu", {"configs": ["baseline", "uniform", "segregated"]}, "x").run_config("kfold", "segregated", 0)
@@ -272,7 +291,7 @@ def test_another_bootstrap_or_more_runs_reuse_every_finished_run(tiny_study, fac
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps                  # nothing trained again
     # the runs' folders elsewhere: nothing there is finished, and the study says so in one line
     line = error_line(call_script("study.py", *args, "--checkpoints_dir", tmp / "elsewhere", "--report_only"))
-    assert "--report_only: 4 run(s) unfinished" in line and "every phase" in line
+    assert "--report_only: 5 run(s) unfinished" in line and "every phase" in line
     # summaries elsewhere after unlearning: the summaries before cannot be made again; one line names the fix
     line = error_line(call_script("study.py", *args, "--summaries_dir", tmp / "other-sum"))
     assert "cannot be made again" in line and "--summaries_dir" in line

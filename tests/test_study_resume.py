@@ -17,7 +17,8 @@ from test_study import TINY, where
 # ---- settings: what makes a run ---------------------------------------------------------------
 def test_only_run_settings_change_a_run():
     s = resolve_settings("cpu", {}, "x")
-    for more in ({"n_boot": 5000}, {"seeds": 3}, {"configs": ["baseline", "uniform"]}, {"control": False},
+    for more in ({"n_boot": 5000}, {"replicates": 3}, {"configs": ["baseline", "uniform"]}, {"control": False},
+                 {"aa": False}, {"control_doses": (0.5, 1.0)}, {"reference_race": "white"},
                  {"tests": "both"}, {"sample": 4}):
         new = resolve_settings("cpu", more, "x")
         assert new.run_changes(s) == [] and new.other_changes(s), more        # finished runs are reused
@@ -140,3 +141,19 @@ def test_a_weights_file_that_is_not_there_is_refused_before_anything_is_written(
         RunConfig(model="cnn", weights="/no/such.pt").validate()
     recorded = RunConfig.from_dict(RunConfig(model="cnn", weights="/no/such.pt").to_dict())
     assert recorded.validate().weights == "/no/such.pt"      # a run made with it resumes without the file
+
+
+def test_replicates_draw_their_own_folds_and_arms_their_own_placement(faces_dir, cache_dir):
+    """Replicate 1 tests other folds of the same faces than replicate 0; within a replicate every
+    configuration shares the folds, and uniform-b differs from uniform only in where faces are placed."""
+    from sisa.experiment import Options, plan
+    s = resolve_settings("cpu", {"replicates": 2, "image_size": 24, "folds": 2, "num_shards": 2, "num_slices": 2}, "r")
+    opts = Options(data_dir=faces_dir, cache_dir=cache_dir)
+    part = {(tag, r): plan(s.run_config("kfold", tag, r), opts)[0].partitions[0]
+            for tag in ("uniform", "uniform-b") for r in (0, 1)}
+    test = {k: set(p.loc[p["role"] == "test", "filename"]) for k, p in part.items()}
+    assert test[("uniform", 0)] == test[("uniform-b", 0)] and test[("uniform", 0)] != test[("uniform", 1)]
+    a, b = part[("uniform", 0)], part[("uniform-b", 0)]
+    train = a["role"] == "train"
+    assert (a.loc[train, "shard"] != b.loc[train, "shard"]).any()                     # another placement draw
+    assert a["high_likelihood"].equals(b["high_likelihood"])                          # the same flags

@@ -1,7 +1,7 @@
 """The whole study in one command: train, evaluate, unlearn, cost and report every configuration.
 
     .venv/bin/python study.py                       # --preset auto: the best study this machine can finish
-    .venv/bin/python study.py --preset cpu --seeds 3 --test both
+    .venv/bin/python study.py --preset cpu --replicates 10     # enough replicates to see a point
     .venv/bin/python study.py --dry_run             # the runs, images to train and an estimated time; writes nothing
     .venv/bin/python study.py --report_only --n_boot 5000   # the report again from the finished runs
 
@@ -15,8 +15,9 @@ Configurations (the poster's four, and a positive control):
   segregated    (optional) 5 x 3, that race's faces in as few shards as possible: the most any
                 placement can do to one race's share of each shard
 
-Each configuration is trained once per training seed (`--seeds`; same partitions and test faces),
-evaluated, costed for unlearning (expected cost under both request models, batches), served
+Each configuration is trained once per replicate (`--replicates`; each replicate its own folds, flags,
+partitions and initial weights, shared by its configurations), beside a second uniform arm (A/A) and
+the control at each of its doses (`--control_doses`), evaluated, costed for unlearning (expected cost under both request models, batches), served
 `--sample` requests per fold (the first of one fixed request order per fold, verified), and evaluated
 again. The report (report.py) then compares placements with uniform, every SISA configuration with the
 baseline and each run after unlearning with itself before.
@@ -37,10 +38,11 @@ The package, one concept per module:
 from .estimate import duration, measured_rate, probe_rate
 from .jobs import Job, run_job
 from .progress import PHASES, Progress
+from .numbers import load_study
 from .runner import Study, fmt_s, throughput
 from .settings import (CONFIGS, POSTER_CONFIGS, PRESET_NAMES, PRESETS, Settings, check_settings, choose_preset,
                        imagenet_weights_cached, resolve_settings)
 
 __all__ = ["CONFIGS", "POSTER_CONFIGS", "PRESETS", "PRESET_NAMES", "PHASES", "Job", "Progress", "Settings", "Study",
-           "check_settings", "choose_preset", "duration", "fmt_s", "imagenet_weights_cached", "measured_rate",
+           "check_settings", "choose_preset", "duration", "fmt_s", "imagenet_weights_cached", "load_study", "measured_rate",
            "probe_rate", "resolve_settings", "run_job", "throughput"]

@@ -254,7 +254,7 @@ class Study:
             return self.report(Progress.load(self.layout), before + time.perf_counter() - started)
 
     def report(self, progress: Progress, seconds_total: float) -> Path:
-        from ..report import write_report
+        from .report import write_report
         t = time.perf_counter()
         path = write_report(self.layout, self.s, self.opts, self.summaries, progress.done,
                             seconds_total=seconds_total)

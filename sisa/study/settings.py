@@ -4,9 +4,21 @@ A study's settings fall in three kinds, and only the first makes a run what it i
   run settings       image size, model, recipe, epochs, folds, shards, ...: a change retrains every
                      run (study.py asks for --overwrite, or another --name); so does a smaller
                      --sample, while a larger one serves the further requests on top (one fixed draw)
-  which runs         --seeds, --configs, --control, --test: adding seeds or configurations adds runs
-                     and reuses every finished one; dropping them leaves their folders alone
-  analysis only      --n_boot: the report is rendered again, nothing is retrained
+  which runs         --replicates, --configs, --control, --control_doses, --aa, --test: adding
+                     replicates or configurations adds runs and reuses every finished one;
+                     dropping them leaves their folders alone
+  analysis only      --n_boot, --reference_race: the report is rendered again, nothing is retrained
+
+Replicates. Replicate r draws its own fold assignment, likelihood flags, partitions and initial
+weights from a seed of its own (replicate_seed: replicate 0 is --seed itself, so a one-replicate
+study has the runs it always had); every configuration of replicate r shares them, so contrasts are
+paired within a replicate and replicated across them (intervals.py).
+
+Arms and doses. uniform-b is a second uniform placement (RunConfig.arm 1: another placement draw on
+the same folds, flags and training keys): uniform-b against uniform is the study's A/A contrast,
+whose truth is no change. The positive control comes at graded doses of label noise on the
+--control_race's training faces (--control_doses; 1.0 is the configuration named control, 0.25 is
+control-25), so the report can say the smallest effect it detects.
 """
 from __future__ import annotations
 
@@ -14,34 +26,38 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..config import RunConfig
+from ..data import RACES
 from ..errors import SisaError
+from ..seeding import rng
 
 CONFIGS = {
     "baseline": dict(placement="random", put_in="slice", sisa=False),
     "uniform": dict(placement="random", put_in="slice", sisa=True),
+    "uniform-b": dict(placement="random", put_in="slice", sisa=True, arm=1),
     "few-shards": dict(placement="sorted", put_in="shard", sisa=True),
     "later-slices": dict(placement="sorted", put_in="slice", sisa=True),
     "control": dict(placement="random", put_in="slice", sisa=True, label_noise=1.0),
     "segregated": dict(placement="segregated", put_in="shard", sisa=True),
 }
 POSTER_CONFIGS = ("baseline", "uniform", "few-shards", "later-slices")
+CHOOSABLE = ("baseline", "uniform", "few-shards", "later-slices", "segregated")    # --configs; the arms and doses follow
 
 # Each preset is complete; flags override any of it. The cpu preset was chosen by measurement
 # (benchmarks/recipes.py and the study's own timings, docs/recipes.md and docs/study.md).
 PRESETS = {
     "poster": dict(image_size=200, model="resnet18", weights="auto", recipe="original", epochs=15,
                    slice_epochs="full", folds=5, tests=("balanced",), test_per_cell=9, test_random=63,
-                   batch_size=128, seeds=1, sample=5, control=True),
+                   batch_size=128, replicates=1, sample=5, control=True),
     "gpu": dict(image_size=128, model="resnet18", weights="none", recipe="strong", epochs=15,
                 slice_epochs="sisa", folds=5, tests=("kfold",), test_per_cell=9, test_random=63,
-                batch_size=128, seeds=1, sample=5, control=True),
+                batch_size=128, replicates=1, sample=5, control=True),
     "cpu": dict(image_size=32, model="cnn-max", weights="none", recipe="strong", epochs=4,
                 slice_epochs="sisa", folds=3, tests=("kfold",), test_per_cell=4, test_random=28,
-                batch_size=128, seeds=1, sample=1, control=True),
+                batch_size=128, replicates=1, sample=1, control=True),
 }
 PRESET_NAMES = ("auto", *PRESETS)
-ANALYSIS_FIELDS = ("n_boot",)                                 # change the report only
-RUNS_FIELDS = ("tests", "seeds", "configs", "control")       # change which runs there are
+ANALYSIS_FIELDS = ("n_boot", "reference_race")                       # change the report only
+RUNS_FIELDS = ("tests", "replicates", "configs", "control", "control_doses", "aa")   # change which runs there are
 LABEL_FIELDS = ("name", "preset")                             # name the study; the same values under another preset are the same study
 
 
@@ -61,10 +77,13 @@ class Settings:
     test_per_cell: int
     test_random: int
     batch_size: int
-    seeds: int
+    replicates: int
     sample: int
     control: bool
     configs: tuple[str, ...] = POSTER_CONFIGS
+    control_doses: tuple[float, ...] = (1.0,)   # label noise on the control race: a control run per dose
+    aa: bool = True                             # the A/A arm: uniform-b, a second uniform placement
+    reference_race: str | None = None           # the race every gap is measured against (None: --control_race)
     num_shards: int = 5
     num_slices: int = 3
     control_race: str = "black"
@@ -75,27 +94,46 @@ class Settings:
     likelihood_factors: str = "gender,race"
 
     @property
-    def all_configs(self) -> tuple[str, ...]:
-        return (*self.configs, "control") if self.control and "control" not in self.configs else self.configs
+    def reference(self) -> str:
+        return self.reference_race or self.control_race
 
-    def run_config(self, test: str, tag: str, seed_index: int) -> RunConfig:
-        c = CONFIGS[tag]
+    @property
+    def controls(self) -> dict[str, float]:
+        """{configuration: dose} of the positive control's runs."""
+        return {control_tag(d): d for d in sorted(self.control_doses)} if self.control else {}
+
+    @property
+    def all_configs(self) -> tuple[str, ...]:
+        """Every configuration: the chosen ones, the A/A arm beside uniform, the control's doses."""
+        tags = [c for c in self.configs if c in CHOOSABLE]
+        if self.aa and "uniform" in tags:
+            tags.insert(tags.index("uniform") + 1, "uniform-b")
+        return (*tags, *self.controls)
+
+    def config(self, tag: str) -> dict:
+        if tag in self.controls:
+            return dict(placement="random", put_in="slice", sisa=True, label_noise=self.controls[tag])
+        return CONFIGS[tag]
+
+    def run_config(self, test: str, tag: str, replicate: int) -> RunConfig:
+        c = self.config(tag)
         sisa = c["sisa"]
         return RunConfig(image_size=self.image_size, limit=self.limit, likelihood_factors=self.likelihood_factors,
                          strategy=f"{c['placement']}-{test}", put_in=c["put_in"], control_race=self.control_race,
-                         label_noise=c.get("label_noise", 0.0),
+                         label_noise=c.get("label_noise", 0.0), arm=c.get("arm", 0),
                          num_shards=self.num_shards if sisa else 1, num_slices=self.num_slices if sisa else 1,
                          folds=self.folds, test_per_cell=self.test_per_cell, test_random=self.test_random,
-                         seed=self.seed, training_seed=seed_index or None, recipe=self.recipe, model=self.model,
+                         seed=replicate_seed(self.seed, replicate), recipe=self.recipe, model=self.model,
                          weights=self.weights, epochs=self.epochs, slice_epochs=self.slice_epochs,
-                         batch_size=self.batch_size, lr=self.lr, run_name=self.run_name(test, tag, seed_index))
+                         batch_size=self.batch_size, lr=self.lr, run_name=self.run_name(test, tag, replicate))
 
-    def run_name(self, test: str, tag: str, seed_index: int) -> str:
-        return f"{self.name}-{test}-{tag}" + (f"-seed{seed_index}" if seed_index else "")
+    def run_name(self, test: str, tag: str, replicate: int) -> str:
+        return f"{self.name}-{test}-{tag}" + (f"-rep{replicate}" if replicate else "")
 
     def runs(self) -> list[tuple[str, str, int]]:
-        """(test, configuration, seed index) of every run, in the order they are trained."""
-        return [(t, c, k) for t in self.tests for c in self.all_configs for k in range(self.seeds)]
+        """(test, configuration, replicate) of every run, replicate by replicate (a study stopped early
+        has whole replicates)."""
+        return [(t, c, r) for t in self.tests for r in range(self.replicates) for c in self.all_configs]
 
     def run_changes(self, old: "Settings") -> list[str]:
         """'field: old -> new' for every run setting that differs: each one retrains every run."""
@@ -112,7 +150,8 @@ class Settings:
                 if getattr(old, f) != getattr(self, f)]
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "tests": list(self.tests), "configs": list(self.configs)}
+        return {**dataclasses.asdict(self), "tests": list(self.tests), "configs": list(self.configs),
+                "control_doses": list(self.control_doses)}
 
     @classmethod
     def from_dict(cls, d: dict, fallback: "Settings | None" = None) -> "Settings":
@@ -125,7 +164,18 @@ class Settings:
         if missing:
             raise SisaError(f"study.json lacks {', '.join(missing)} (written by another version); pass --overwrite "
                             "to start the study again, or --name for a separate study")
-        return cls(**{**values, "tests": tuple(values["tests"]), "configs": tuple(values.get("configs", POSTER_CONFIGS))})
+        return cls(**{**values, "tests": tuple(values["tests"]), "configs": tuple(values.get("configs", POSTER_CONFIGS)),
+                      "control_doses": tuple(values.get("control_doses", (1.0,)))})
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """Replicate r's seed: --seed itself for replicate 0, a value drawn from (seed, r) otherwise."""
+    return seed if replicate == 0 else int(rng(seed, "replicate", replicate).integers(2 ** 31))
+
+
+def control_tag(dose: float) -> str:
+    """The control configuration of a dose: control (1.0), control-25 (0.25)."""
+    return "control" if dose == 1.0 else f"control-{round(100 * dose):g}"
 
 
 def _show(v) -> str:
@@ -175,15 +225,22 @@ def resolve_settings(preset: str, overrides: dict, name: str | None) -> Settings
 
 def check_settings(s: Settings) -> None:
     """One clear line for settings that contradict each other; every run's config is validated too."""
-    if s.seeds < 1:
-        raise SisaError(f"--seeds {s.seeds} is invalid: train each configuration at least once (--seeds 1)")
+    if s.replicates < 1:
+        raise SisaError(f"--replicates {s.replicates} is invalid: train each configuration at least once (--replicates 1)")
+    bad = [d for d in s.control_doses if not 0 < d <= 1]
+    if bad:
+        raise SisaError(f"--control_doses {bad[0]} is invalid: a dose is the share of the control race's training faces "
+                        "relabelled, above 0 and at most 1")
+    if s.reference_race is not None and s.reference_race not in RACES:
+        raise SisaError(f"--reference_race {s.reference_race!r} is invalid: choose from {', '.join(RACES)}")
     if "baseline" not in s.configs:
         raise SisaError("--configs must include baseline: every SISA configuration is compared with it")
     if "uniform" not in s.configs and len(set(s.configs) - {"baseline"}) > 0:
         raise SisaError("--configs must include uniform: placements are compared with uniform SISA")
-    unknown = [c for c in s.configs if c not in CONFIGS]
+    unknown = [c for c in s.configs if c not in CHOOSABLE]
     if unknown:
-        raise SisaError(f"--configs {unknown[0]!r} is invalid: choose from {', '.join(CONFIGS)}")
+        raise SisaError(f"--configs {unknown[0]!r} is invalid: choose from {', '.join(CHOOSABLE)} (uniform-b and the "
+                        "control's doses follow --aa, --control and --control_doses)")
     if s.num_shards * s.num_slices < 2:
         raise SisaError("a study needs SISA configurations of more than one part: raise --num_shards or --num_slices")
     if s.sample and s.sample * s.num_shards * s.num_slices > 10 ** 6:

@@ -1,0 +1,345 @@
+"""A study's report (format 2, a study of replicates): report.json holds every number (analysis.py),
+report.md is rendered from it alone, then the figures, the per-face predictions and the tidy counts
+(counts.csv.gz, read with `load_study`).
+
+Reports written before replicates (format 1: reports/published/) are rendered by sisa/report.py.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import plots
+from .. import report as v1
+from ..analysis import analyse
+from ..data import RACES
+from ..errors import SisaError
+from ..intervals import Comparison
+from ..layout import StudyLayout, SummaryLayout
+from ..store import write_bytes, write_json, write_text
+from .numbers import PRIMARY, tidy_counts
+
+STATISTICS = {"gap_accuracy_standardised": "age-standardised gap", "gap_accuracy": "plain accuracy gap",
+              "gap_accuracy_within_one": "within-one gap", "group_min_accuracy": "worst race's accuracy",
+              "accuracy_overall": "accuracy (all faces)", "accuracy_standardised": "age-standardised accuracy",
+              "accuracy": "accuracy", "accuracy_within_one": "accuracy within one class"}
+
+
+title = v1.config_title
+
+
+def write_report(layout: StudyLayout, settings, opts, summaries_dir: Path, progress: dict,
+                 seconds_total: float) -> Path:
+    data = analyse(settings, opts.checkpoints_dir, summaries_dir, progress, opts.device)
+    data["seconds_total"] = seconds_total
+    data["figures"] = figures(layout, data)
+    data["predictions"] = save_predictions(layout, data, summaries_dir)
+    data["counts"] = save_counts(layout, data, summaries_dir)
+    write_json(layout.report_json, data, sort_keys=False)
+    write_text(layout.report_md, render(data))
+    return layout.report_md
+
+
+# ---- formatting ---------------------------------------------------------------------------------
+def pts(x, signed: bool = True) -> str:
+    return "–" if x is None or not np.isfinite(x) else (f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}")
+
+
+def said(c: Comparison) -> str:
+    """'+0.4 [-1.1, +1.8] inconclusive (detectable ±2.5)': the change, the interval its verdict reads."""
+    if c.outcome == "none":
+        return "no verdict (a degenerate run, below)"
+    return f"{pts(c.change)} [{pts(c.ci_low_adjusted)}, {pts(c.ci_high_adjusted)}] {c.verdict}"
+
+
+def comparisons(t: dict, family: str) -> list[Comparison]:
+    return [Comparison.from_dict(d) for d in t["comparisons"].get(family, [])]
+
+
+def level(t: dict, tag: str, statistic: str, group: str | None = None, phase: str = "before") -> dict | None:
+    return next((r for r in t["levels"].get(f"{tag} {phase}", []) if r["statistic"] == statistic and
+                 r["group"] == group), None)
+
+
+def lv(r: dict | None) -> str:
+    return "–" if r is None else f"{pts(r['value'], False)} [{pts(r['ci_low'], False)}, {pts(r['ci_high'], False)}]"
+
+
+# ---- the report ---------------------------------------------------------------------------------
+def render(r: dict) -> str:
+    s = r["settings"]
+    lines = [f"# Study `{r['study']}`", "", summary_line(r), ""]
+    for test, t in r["tests"].items():
+        h = "##" if len(r["tests"]) == 1 else "###"
+        if len(r["tests"]) > 1:
+            lines += [f"## {v1.TEST_TITLES.get(test, test)}", ""]
+        lines += answer(t, s, h) + verdicts(t, h) + accuracy(t, h) + control(t, h) + aa(t, h) + placement(t, h)
+        old = h[:-2]                        # sisa/report.py's sections add "##" to the heading they are given
+        lines += degenerate(t, h) + costs(t, s, h) + [x.replace("mean over seeds", "mean over replicates")
+                                                          for x in v1.aggregations(t, old)] + composition(r, t, h)
+        lines += [f"{h} Figures", ""] + [f"![{k}]({v})" for k, v in r.get("figures", {}).get(test, {}).items()] + [""]
+    lines += [v1.settings_table(r), "", v1.machine_table(r), ""] + method(r)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def summary_line(r: dict) -> str:
+    s, m = r["settings"], r["machine"]
+    runs = sum(len(t["runs"]) for t in r["tests"].values()) * s["replicates"]
+    return (f"Preset `{s['preset']}` on {m['device']}: {runs} training runs ({s['replicates']} replicate(s) of "
+            f"{len(next(iter(r['tests'].values()))['runs'])} configurations), {v1.secs(r.get('seconds_total'))} in all. "
+            f"Every gap is measured against {next(iter(r['tests'].values()))['reference_race']}, fixed in advance.")
+
+
+def answer(t: dict, s: dict, h: str) -> list[str]:
+    """The answer in plain words first: each primary comparison, what the study can detect."""
+    ref = t["reference_race"]
+    out = [f"{h} The answer", "",
+           f"The primary statistic is the **age-standardised gap**: the mean accuracy of the other four races minus "
+           f"{ref}'s, each race scored on the same (pooled) age mix; positive means {ref} is served worse. Changes are "
+           f"in points, paired within each of {t['faces']['replicates']} replicate(s), with intervals at the level "
+           "their verdict reads (Bonferroni within the family).", ""]
+    for family, lead in (("placement vs uniform", "Placement versus uniform SISA"),
+                         ("A/A: uniform-b vs uniform", "Two uniform placements against each other (A/A: the truth is no change)"),
+                         ("control vs uniform", "The positive control (label noise on the reference race) versus uniform"),
+                         ("vs baseline", "Each SISA configuration versus the 1x1 baseline"),
+                         ("after vs before unlearning", "Each run after its requests versus before")):
+        cs = comparisons(t, family)
+        if cs:
+            out.append(f"- **{lead}**: " + "; ".join(f"{title(c.run)} {said(c)}" for c in cs) + ".")
+    dr = t.get("dose_response") or {}
+    if dr.get("doses"):
+        small = dr["smallest_detected"]
+        out.append("- **What this study detects**: the smallest control dose it detected is "
+                   + (f"{100 * small:g}%" if small is not None else "none of those it ran") +
+                   (f"; the A/A arm was called different in {t['aa']['false_positives']} of {t['aa']['replicates']} "
+                    "replicate(s) judged alone (faces' error only)" if t.get("aa") else "") + ".")
+    return out + [""]
+
+
+def verdicts(t: dict, h: str) -> list[str]:
+    rows = []
+    for family in t["comparisons"]:
+        for c in comparisons(t, family):
+            run = title(c.run) + (" after" if c.phase == "after" else "")
+            rows.append([family, f"{run} vs {title(c.reference)}", STATISTICS.get(c.statistic, c.statistic)
+                         + (f" ({c.group})" if c.group else ""), said(c),
+                         f"{pts(c.se_replicates, False)} / {pts(c.se_faces, False)}"])
+    return [f"{h} Every comparison", "",
+            "Change in points [interval at the family's Bonferroni level] and verdict; the standard error's two parts: "
+            "between replicates (training and placement) / which faces were tested.", "",
+            v1.table(["family", "comparison", "statistic", "change and verdict", "se: replicates / faces"], rows), ""]
+
+
+def accuracy(t: dict, h: str) -> list[str]:
+    tags = list(t["runs"])
+    rows = [[title(tag), lv(level(t, tag, "accuracy_overall"))]
+            + [lv(level(t, tag, "accuracy_standardised", r)) for r in RACES] + [lv(level(t, tag, PRIMARY))]
+            for tag in tags]
+    return [f"{h} Accuracy by race", "",
+            "Age-standardised accuracy in % (each race on the pooled age mix), mean over replicates with 95% intervals "
+            "(unadjusted), before unlearning; last column: the primary gap.", "",
+            v1.table(["configuration", "all faces", *RACES, f"gap (others - {t['reference_race']})"], rows), ""]
+
+
+def control(t: dict, h: str) -> list[str]:
+    dr = t.get("dose_response") or {}
+    if not dr.get("doses"):
+        return []
+    rows = [[f"{100 * d['dose']:g}%", f"{pts(d['change'])} [{pts(d['ci_low'])}, {pts(d['ci_high'])}]",
+             d["verdict"] if d["outcome"] != "none" else "no verdict (a degenerate run, below)"] for d in dr["doses"]]
+    return [f"{h} The positive control, dose by dose", "",
+            f"Label noise on the {t['reference_race']} training faces at each dose; the change of the primary gap "
+            "against uniform SISA.", "", v1.table(["dose", "change [interval]", "verdict"], rows), ""]
+
+
+def aa(t: dict, h: str) -> list[str]:
+    a = t.get("aa") or {}
+    if not a:
+        return []
+    return [f"{h} The A/A calibration", "",
+            f"uniform-b is a second uniform placement, so its difference from uniform is noise. Judged one replicate at a "
+            f"time, as a one-replicate study judges itself (faces' error only), it was called different in "
+            f"{a['false_positives']} of {a['replicates']} replicate(s) ({100 * a['rate']:.0f}%; honest intervals: about "
+            "5%). Over all replicates: " + "; ".join(said(c) for c in comparisons(t, "A/A: uniform-b vs uniform")) + ".", ""]
+
+
+def placement(t: dict, h: str) -> list[str]:
+    p = t.get("placement") or {}
+    if not p.get("by_shard"):
+        return []
+    rows = [[title(tag), " / ".join(f"{100 * v:.1f}" for v in d["reference_share"]),
+             " / ".join(f"{100 * v:.1f}" for v in d["flagged_share"])] for tag, d in p["by_shard"].items()]
+    rng_ = p.get("uniform_range")
+    flagged = p.get("flagged_by_race", {})
+    return [f"{h} What the placements change", "",
+            f"Each shard's share (%) of {p['reference_race']} faces and of faces flagged likely to ask, among its training "
+            "faces (replicate 0, mean over folds)"
+            + (f"; uniform's shards range {100 * rng_[0]:.1f}-{100 * rng_[1]:.1f}% by chance" if rng_ else "") + ". "
+            "How often each race is flagged: " + ", ".join(f"{r} {100 * v:.1f}%" for r, v in flagged.items())
+            + ": the likelihood model is nearly race-blind, so placing by it moves races little.", "",
+            v1.table(["configuration", f"{p['reference_race']} share by shard", "flagged share by shard"], rows), ""]
+
+
+def costs(t: dict, s: dict, h: str) -> list[str]:
+    """Expected and served cost per request, per configuration (the SISA paper's schedule column only
+    when the study used another schedule)."""
+    other = s["slice_epochs"] != "sisa"
+    rows = []
+    for tag, u in t["unlearning"].items():
+        e, ei, es = u["expected"]["shared"], u["expected"]["independent"], u["expected_sisa_schedule"]["shared"]
+        b = u["batches"]["shared"]
+        sv = u["served"]
+        served = (f"{sv['requests']}: {v1.pct(sv['share_of_full'])}%, {v1.secs(sv['wall_seconds_per_request'])}"
+                  + {True: " (verified)", False: " (NOT verified)", None: ""}[sv["verified"]]) if sv["requests"] else \
+            "none (`--sample 0`)"
+        rows.append([title(tag), f"{e['speedup_vs_baseline']:.2f}x / {v1.pct(e['expected_share_of_full'])}%",
+                     *([f"{es['speedup_vs_baseline']:.2f}x / {v1.pct(es['expected_share_of_full'])}%"] if other else []),
+                     f"{ei['speedup_vs_baseline']:.2f}x / {v1.pct(ei['expected_share_of_full'])}%",
+                     *(f"{b[k]['shards_retrained']:.2f}, {v1.pct(b[k]['batch_share_of_full'])}%" if k in b else "–"
+                       for k in ("5", "20")), served])
+    head = ["configuration", "shared model: speed-up vs 1x1 / % of all shards",
+            *(["the same, SISA paper's schedule"] if other else []), "independent model: vs 1x1 / %",
+            "batches of 5 (shared model)", "batches of 20 (shared model)", "served"]
+    return [f"{h} Unlearning cost", "",
+            "Expected retraining per request from the likelihood model (no training): speed-up over retraining the 1x1 "
+            "baseline, and share of retraining all shards. Request models: *shared* (one latent 'knows the law' draw "
+            "drives both the high-likelihood flag and the request, the original's model) and *independent* (requests "
+            "proportional to k, independent of the flag). Batches, under the shared model: requests gathered and served "
+            "together (shards retrained per batch, batch cost as % of all shards). Served: the study's requests, "
+            "retrained, committed and verified (measured share of all shards, wall seconds per request).", "",
+            v1.table(head, rows), ""]
+
+
+def composition(r: dict, t: dict, h: str) -> list[str]:
+    poster = r["poster"]["composition"]
+    rows = [[label, *(f"{v1.pct(row[race])} ({poster[label][i]})" for i, race in enumerate(RACES)), v1.pct(row["share"])]
+            for label, row in t["composition"].items()]
+    return [f"{h} Who is flagged likely to ask", "",
+            "Race shares (%) of the high- and low-likelihood training faces, pooled over folds (replicate 0); in "
+            "parentheses the poster's, from another model's run and test set, for orientation only:", "",
+            v1.table(["training faces", *RACES, "share of faces"], rows), ""]
+
+
+def degenerate(t: dict, h: str) -> list[str]:
+    if not t.get("degenerate"):
+        return []
+    return [f"{h} Degenerate runs (no verdict)", ""] + [f"- {title(d['config'])} ({d['phase']}): {d['why']}"
+                                                        for d in t["degenerate"]] + [""]
+
+
+def method(r: dict) -> list[str]:
+    return ["## Method", "",
+            "Each replicate draws its own fold assignment, likelihood flags, partitions and initial weights, shared by "
+            "every configuration of the replicate. Each run's measures are computed on one set of stratified resamples "
+            "of the test faces (race x age class), shared by every run. A change's standard error adds the spread of "
+            "its per-replicate values (over the square root of the replicates) and the spread of its mean over the face "
+            "resamples; the interval is a t interval (Welch-Satterthwaite degrees of freedom) at the family's "
+            "Bonferroni level, which is the level its verdict uses, so an interval that excludes 0 is a verdict. A run "
+            "predicting one class or no better than the commonest class gets no verdict. See docs/statistics.md.", ""]
+
+
+# ---- files beside the report --------------------------------------------------------------------
+def figures(layout: StudyLayout, data: dict) -> dict:
+    out = {}
+    for test, t in data["tests"].items():
+        figs = {}
+        top = {title(tag): pd.Series({r: (level(t, tag, "accuracy_standardised", r) or {}).get("value", np.nan)
+                                      for r in RACES}) for tag in t["runs"]}
+        drop = {k: v.max() - v for k, v in top.items()}
+        name = f"{test}-accuracy"
+        plots.bar_chart(top, drop, layout.figure(name), title="Age-standardised accuracy by race (mean over replicates); "
+                                                              "grey: each race's distance to the best")
+        figs["accuracy by race"] = layout.figure(name).name
+        rows = {fam: [{"run": title(c.run) + (" after" if c.phase == "after" else ""), "reference": title(c.reference),
+                       "statistic": STATISTICS[c.statistic], "change": c.change, "ci_low": c.ci_low_adjusted,
+                       "ci_high": c.ci_high_adjusted, "verdict": c.outcome} for c in comparisons(t, fam)
+                      if c.outcome != "none"] for fam in t["comparisons"] if "secondary" not in fam}
+        name = f"{test}-comparisons"
+        plots.contrast_chart(rows, layout.figure(name))
+        figs["primary comparisons"] = layout.figure(name).name
+        if (t.get("dose_response") or {}).get("doses"):
+            name = f"{test}-dose-response"
+            plots.dose_response(t["dose_response"]["doses"], t["reference_race"], layout.figure(name))
+            figs["positive control by dose"] = layout.figure(name).name
+        out[test] = figs
+    return out
+
+
+def runs_of(t: dict) -> list[tuple[str, str, int, str]]:
+    """(configuration, phase, replicate, summary name) of every run of a test."""
+    return [(tag, phase, r, n) for tag, runs in t["runs"].items() for phase in ("before", "after")
+            for r, n in enumerate(runs[phase] or [])]
+
+
+def save_counts(layout: StudyLayout, data: dict, summaries_dir: Path) -> str:
+    frames = [tidy_counts(data["study"], test, tag, phase, r, pd.read_csv(SummaryLayout(Path(summaries_dir), n).predictions))
+              for test, t in data["tests"].items() for tag, phase, r, n in runs_of(t)]
+    write_bytes(layout.counts, gzip.compress(pd.concat(frames).to_csv(index=False).encode(), mtime=0))
+    return layout.counts.name
+
+
+def save_predictions(layout: StudyLayout, data: dict, summaries_dir: Path) -> dict:
+    """Per test kind, the test faces once (gzipped CSV, sorted by file name) and, per run, a small .npz:
+    for each face it tested (`face`, an index into that file, and its `fold`) the ensemble's top-2 and
+    every shard model's top-1, and for runs before unlearning the ensemble's summed logits (float16)."""
+    saved = {}
+    for test, t in data["tests"].items():
+        preds = {n: pd.read_csv(SummaryLayout(Path(summaries_dir), n).predictions) for *_, n in runs_of(t)}
+        ens = pd.concat([p[p["model"] == "ensemble"] for p in preds.values()])
+        faces = ens[["filename", "race", "age_class"]].drop_duplicates("filename").sort_values("filename")
+        faces = faces.reset_index(drop=True)
+        write_bytes(layout.faces_file(test), gzip.compress(faces.to_csv(index=False).encode(), mtime=0))
+        index = pd.Index(faces["filename"])
+        for tag, phase, _, n in runs_of(t):
+            pred = preds[n]
+            e = pred[pred["model"] == "ensemble"].sort_values(["fold", "filename"])
+            summary = SummaryLayout(Path(summaries_dir), n)
+            with np.load(summary.logits) as z:
+                key = pd.MultiIndex.from_arrays([z["fold"], z["filename"].astype(str)])
+                order = key.get_indexer(pd.MultiIndex.from_arrays([e["fold"], e["filename"]]))
+                if (order < 0).any():
+                    raise SisaError(f"{summary.logits} lacks {int((order < 0).sum())} of run {n}'s test faces; evaluate "
+                                    "its run again with evaluate.py --overwrite")
+                shard_logits = z["shard_logits"][:, order]
+            shards = [pred[pred["model"] == f"shard-{s}"].sort_values(["fold", "filename"])["pred1"].to_numpy()
+                      for s in range(shard_logits.shape[0])]
+            arrays = {"face": index.get_indexer(e["filename"]).astype(np.int32), "fold": e["fold"].to_numpy(np.uint8),
+                      "pred1": e["pred1"].to_numpy(np.uint8), "pred2": e["pred2"].to_numpy(np.uint8),
+                      "shard_pred1": np.stack(shards).astype(np.uint8)}
+            if phase == "before":
+                arrays["ensemble_logits"] = shard_logits.sum(0).astype(np.float16)
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **arrays)
+            write_bytes(layout.predictions_file(n), buf.getvalue())
+            saved[n] = layout.predictions_file(n).relative_to(layout.root).as_posix()
+    return saved
+
+
+def summary_lines(r: dict) -> list[str]:
+    """RESULTS.md's sentences for a study of replicates (results.summary_section), from report.json."""
+    s, out = r["settings"], []
+    for test, t in r["tests"].items():
+        ref = t["reference_race"]
+        out.append(f"- **`{r['study']}`, {test} test ({t['faces']['tested']:,} test faces, {s['replicates']} replicate(s), "
+                   f"gaps against {ref}).** "
+                   + "; ".join(f"{title(c.run)} versus uniform {said(c)}" for c in comparisons(t, "placement vs uniform"))
+                   + ".")
+        aa_ = comparisons(t, "A/A: uniform-b vs uniform")
+        if aa_:
+            out.append(f"  A/A (two uniform placements): {said(aa_[0])}"
+                       + (f", called different in {t['aa']['false_positives']} of {t['aa']['replicates']} replicate(s) "
+                          "judged alone." if t.get("aa") else "."))
+        dr = t.get("dose_response") or {}
+        if dr.get("doses"):
+            small = dr["smallest_detected"]
+            out.append("  Positive control by dose: " + "; ".join(
+                f"{100 * d['dose']:g}% {pts(d['change'])} ({d['outcome']})" for d in dr["doses"])
+                + f"; smallest dose detected: {'none' if small is None else f'{100 * small:g}%'}.")
+        base, uni = level(t, "baseline", "accuracy_overall"), level(t, "uniform", "accuracy_overall")
+        if base and uni:
+            out.append(f"  Accuracy on all faces: baseline {lv(base)}%, uniform {lv(uni)}%.")
+    return out

@@ -1,0 +1,110 @@
+"""A study of replicates from synthetic predictions to report.md, without training: analysis.py's
+format 2 (study/numbers.py), the rendering (study/report.py) and RESULTS.md's sentences."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sisa import analysis, results
+from sisa.data import RACES
+from sisa.layout import StudyLayout
+from sisa.study import resolve_settings
+from sisa.study import report as study_report
+
+# chance of a right answer per race (white, black, asian, indian, other)
+SKILL = {"baseline": (0.8, 0.7, 0.75, 0.75, 0.7), "uniform": (0.7, 0.6, 0.65, 0.65, 0.6),
+         "uniform-b": (0.7, 0.6, 0.65, 0.65, 0.6), "later-slices": (0.71, 0.6, 0.65, 0.64, 0.6),
+         "control-50": (0.7, 0.45, 0.65, 0.65, 0.6), "control": (0.7, 0.2, 0.65, 0.65, 0.6)}
+
+
+def predictions(replicate: int, skill, seed: int, faces: int = 600) -> pd.DataFrame:
+    """A k-fold test of the same faces in every replicate, folds drawn per replicate."""
+    g = np.random.default_rng(seed)
+    race, y = np.arange(faces) % 5, (np.arange(faces) // 5) % 7
+    right = g.random(faces) < np.asarray(skill)[race]
+    fold = np.random.default_rng(replicate).integers(0, 2, faces)
+    return pd.DataFrame({"model": "ensemble", "fold": fold, "filename": [f"f{i}.jpg" for i in range(faces)],
+                         "race": race, "age_class": y, "pred1": np.where(right, y, (y + 1) % 7), "pred2": (y + 2) % 7})
+
+
+def partitions(shift: float) -> list[pd.DataFrame]:
+    g = np.random.default_rng(0)
+    n = 400
+    return [pd.DataFrame({"role": "train", "shard": g.integers(0, 3, n), "race": g.integers(0, 5, n),
+                          "high_likelihood": g.random(n) < 0.25 + shift})]
+
+
+def data(monkeypatch, skill=SKILL, replicates=3) -> dict:
+    s = resolve_settings("cpu", {"replicates": replicates, "control_doses": (0.5, 1.0),
+                                 "configs": ["baseline", "uniform", "later-slices"], "n_boot": 80}, "toy")
+    sets = {}
+    for k, tag in enumerate(s.all_configs):
+        names = [s.run_name("kfold", tag, r) for r in range(replicates)]
+        sisa = tag != "baseline"
+        sets[tag] = SimpleNamespace(
+            names=names, before=[predictions(r, skill[tag], 10 * k + r) for r in range(replicates)],
+            after=[predictions(r, skill[tag], 100 + 10 * k + r) for r in range(replicates)] if sisa else None,
+            after_names=[f"{n}-unlearned2" for n in names] if sisa else None, sisa=sisa, summaries_dir=None,
+            cfg=SimpleNamespace(folds=2), exps=[SimpleNamespace(partitions=partitions(0.0))])
+    cost = {"speedup_vs_baseline": 2.5, "expected_share_of_full": 0.3}
+    monkeypatch.setattr(analysis, "aggregations", lambda rs, d: {"sum_logits": {g: 0.6 for g in ("random", *RACES)}})
+    monkeypatch.setattr(analysis, "unlearning", lambda rs: {
+        "slice_epochs": "sisa", "expected": {"shared": cost, "independent": cost}, "expected_sisa_schedule": {"shared": cost},
+        "batches": {"shared": {}}, "served": {"requests": 0}})
+    monkeypatch.setattr(analysis, "composition_shares", lambda parts: pd.DataFrame(
+        {label: {**{r: 0.2 for r in RACES}, "share": 0.25} for label in analysis.POSTER_COMPOSITION}).T)
+    t = analysis.analyse_replicates("kfold", sets, s)
+    versions = {"python": "3", "torch": "2", "torchvision": "0", "numpy": "2", "pandas": "3", "git_commit": "abc"}
+    return json.loads(json.dumps({
+        "format": 2, "study": "toy", "settings": s.to_dict(), "tests": {"kfold": t}, "seconds_total": 60.0,
+        "machine": {"device": "cpu", "cpus": 2, "torch_threads": 2, "platform": "x", "versions": versions},
+        "timings": {}, "poster": {"top1": analysis.POSTER, "composition": analysis.POSTER_COMPOSITION},
+        "figures": {"kfold": {}}}, allow_nan=False))                     # report.json is plain JSON
+
+
+def test_the_report_of_replicates_says_what_it_found_and_what_it_can_detect(monkeypatch):
+    d = data(monkeypatch)
+    t = d["tests"]["kfold"]
+    md = study_report.render(d)
+    assert md.index("## The answer") < md.index("## Every comparison")             # plain words first
+    control = next(c for c in t["comparisons"]["control vs uniform"] if c["run"] == "control")
+    assert control["outcome"] == "higher" and control["replicates"] == 3           # black served much worse
+    assert t["dose_response"]["smallest_detected"] in (0.5, 1.0)
+    assert f"{100 * control['change']:+.1f} [{100 * control['ci_low_adjusted']:+.1f}" in md
+    assert "## The A/A calibration" in md and f"in {t['aa']['false_positives']} of 3 replicate(s)" in md
+    assert "## The positive control, dose by dose" in md and "| 50% |" in md
+    assert "## What the placements change" in md and "nearly race-blind" in md
+    assert "nan" not in md and "None" not in md and "## Degenerate runs" not in md
+    assert md == study_report.render(json.loads(json.dumps(d)))                   # from the JSON alone
+
+
+def test_a_degenerate_configuration_gets_no_verdict_anywhere(monkeypatch):
+    skill = {**SKILL, "later-slices": (0.0, 0.0, 0.0, 0.0, 0.0)}                   # always one class off
+    d = data(monkeypatch, skill)
+    t = d["tests"]["kfold"]
+    assert any(x["config"] == "later-slices" for x in t["degenerate"])
+    for family, cs in t["comparisons"].items():
+        for c in cs:
+            if "later-slices" in (c["run"], c["reference"]):
+                assert c["outcome"] == "none" and c["verdict"].startswith("no verdict"), (family, c)
+    md = study_report.render(d)
+    assert "## Degenerate runs (no verdict)" in md and "later slices no verdict" in md
+
+
+def test_results_md_reads_a_study_of_replicates(monkeypatch, tmp_path):
+    d = data(monkeypatch, replicates=2)
+    layout = StudyLayout(tmp_path / "toy")
+    layout.root.mkdir()
+    layout.report_json.write_text(json.dumps(d))
+    summary = results.summary_section([layout.root])
+    assert "`toy`, kfold test (600 test faces, 2 replicate(s), gaps against black)" in summary
+    assert "Positive control by dose: 50%" in summary and "A/A (two uniform placements)" in summary
+
+
+@pytest.mark.parametrize("replicates", [1, 2])
+def test_one_replicate_has_only_the_faces_error(monkeypatch, replicates):
+    t = data(monkeypatch, replicates=replicates)["tests"]["kfold"]
+    c = t["comparisons"]["placement vs uniform"][0]
+    assert (c["se_replicates"] == 0) == (replicates == 1) and c["se_faces"] > 0
