@@ -115,7 +115,7 @@ def test_a_killed_study_resumes_without_retraining_finished_stages(faces_dir, ca
     assert f"resuming: {finished} of 8 slice checkpoints complete" in proc.stdout and "report: " in proc.stdout
     for p, stamp in baseline.items():                     # the finished run was not trained again
         assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp, f"{p} was written again:\n{proc.stdout}\n{proc.stderr}"
-    assert json.loads((tmp_path / "rep" / "resume" / "report.json").read_text())["tests"]["kfold"]["levels"]["uniform"]
+    assert json.loads((tmp_path / "rep" / "resume" / "report.json").read_text())["tests"]["kfold"]["levels"]["uniform before"]
 
 
 @pytest.mark.slow
