@@ -9,10 +9,9 @@ positive control, evaluates them, serves --sample unlearning requests per fold (
 again, compares placements with uniform SISA and everything with the baseline, and writes
 reports/<study>/report.md and report.json. Rerunning the same command continues where it stopped.
 """
-import argparse
 from pathlib import Path
 
-from sisa.cli import Parser, add_precision_arg, count, positive_float, positive_int, run_main
+from sisa.cli import Parser, add_precision_arg, count, positive_float, positive_int, run_main, share
 from sisa.config import MODELS, RECIPE_NAMES, SLICE_EPOCHS
 from sisa.study.launch import LAUNCHERS
 from sisa.layout import DEFAULT_CACHE, DEFAULT_CHECKPOINTS, DEFAULT_DATA, DEFAULT_REPORTS, DEFAULT_SUMMARIES
@@ -49,7 +48,7 @@ def get_args_parser() -> Parser:
     c.add_argument("--control", dest="control", action="store_true", default=None,
                    help="include the positive control (default: as the preset, which includes it)")
     c.add_argument("--no_control", dest="control", action="store_false", help="leave the positive control out")
-    g.add_argument("--control_doses", type=dose, nargs="+",
+    g.add_argument("--control_doses", type=share, nargs="+",
                    help="the positive control's doses: shares of the control race's training faces given a random age "
                         "class, one run per dose, so the report says the smallest effect it detects (default 1.0)")
     a = g.add_mutually_exclusive_group()
@@ -107,17 +106,6 @@ def get_args_parser() -> Parser:
                    help="render the report again from the finished runs (e.g. another --n_boot); train nothing")
     w.add_argument("--no_progress", action="store_true", help="no progress bar (one line per finished phase remains)")
     return p
-
-
-def dose(text: str) -> float:
-    """--control_doses: a share above 0 and at most 1."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be above 0 and at most 1")
-    return v
 
 
 def jobs_arg(text: str) -> int | None:

@@ -4,6 +4,7 @@
     .venv/bin/python unlearn.py --run_dir sorted-balanced-slice-5x3 --requests faces.txt --fold 0
     .venv/bin/python unlearn.py --run_dir sorted-balanced-slice-5x3 --verify           # no checkpoint saw a forgotten face?
     .venv/bin/python unlearn.py --run_dir sorted-balanced-slice-5x3 --sample 20 --batched   # each shard retrains once for its share
+    .venv/bin/python unlearn.py --run_dir sorted-balanced-slice-5x3 --scenario group:black --forget 0.05   # 5% of training faces
     .venv/bin/python unlearn.py --run_dir sorted-balanced-slice-5x3 --cost             # expected cost of one request, no training
     .venv/bin/python unlearn.py --run_dir sorted-balanced-slice-5x3 --cost --batch_sizes 1 5 20   # ... of requests served in batches
     .venv/bin/python unlearn.py --report random-balanced-slice-5x3 sorted-balanced-shard-5x3 sorted-balanced-slice-5x3
@@ -14,7 +15,7 @@ evaluate.py writes summaries named <run>-unlearned<N>, to --compare with the run
 sisa.serving (serve_requests, verify_run, price_requests, write_report).
 """
 from sisa.cli import (Parser, add_option_args, add_summaries_arg, count, existing_file, options_from_args, positive_int,
-                      run_main)
+                      run_main, share)
 
 
 def get_args_parser() -> Parser:
@@ -24,9 +25,15 @@ def get_args_parser() -> Parser:
     what.add_argument("--requests", type=existing_file, metavar="FILE", help="face file names to forget, one a line")
     what.add_argument("--sample", type=positive_int, metavar="N",
                       help="forget N training faces per fold, drawn with probability proportional to their request likelihood")
+    what.add_argument("--forget", type=share, metavar="VOLUME",
+                      help="forget this fraction of each fold's training faces, drawn by --scenario; a larger volume "
+                           "later is served on top (nested draws); each shard retrains once per call")
     what.add_argument("--verify", action="store_true", help="check every checkpoint in use against the forgotten faces")
     what.add_argument("--cost", action="store_true", help="expected retraining cost of one request, from the partition alone")
     what.add_argument("--report", nargs="+", metavar="RUN", help="table and figure of cost and fairness across runs")
+    p.add_argument("--scenario", metavar="SCENARIO",
+                   help="--forget: who asks. likelihood (the request model), random (every training face alike), "
+                        "group:RACE or group:RACE:AGE (only those faces), e.g. group:black (default likelihood)")
     p.add_argument("--batched", action="store_true",
                    help="serve each shard's requests together: one retraining from the earliest affected slice "
                         "(default off: one retraining per request, as SISA)")
@@ -39,7 +46,8 @@ def get_args_parser() -> Parser:
                         "the high-likelihood flag and the request (the flagged request ~6x as often); independent: "
                         "requests proportional to k, independent of the flag (default shared)")
     p.add_argument("--fold", type=count, default=None, help="only this fold (default: every fold)")
-    p.add_argument("--seed", type=count, default=0, help="seed of --sample's draw (default 0)")
+    p.add_argument("--seed", type=count, default=None,
+                   help="seed of the draws of --sample and --forget (default: the run's own seed)")
     p.add_argument("--out", default="unlearning-report", help="--report: file stem in --summaries_dir (default unlearning-report)")
     p.add_argument("--overwrite", action="store_true", help="--report: replace an existing report (default off: an error)")
     add_summaries_arg(p)
@@ -56,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
     opts = options_from_args(args)
     world = distributed.setup(opts.device)       # torchrun: ranks share the requests' shards
-    serve = bool(args.requests or args.sample)
+    serve = bool(args.requests or args.sample or args.forget)
+    if args.scenario and not args.forget:
+        raise SisaError("--scenario goes with --forget VOLUME (for example --scenario group:black --forget 0.05)")
     if args.batch_sizes and not args.cost:
         raise SisaError("--batch_sizes goes with --cost (to serve requests in batches, use --batched)")
     if args.batched and not serve:
@@ -76,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         serving.price_requests(args.run_dir, opts, args.fold, args.request_model, args.batch_sizes or (), args.draws,
                                args.seed)
         return 0
-    serving.serve_requests(args.run_dir, opts, args.requests, args.sample, args.fold, args.seed, args.batched, world)
+    serving.serve_requests(args.run_dir, opts, args.requests, args.sample, args.fold, args.seed, args.batched, world,
+                           scenario=args.scenario, volume=args.forget)
     distributed.teardown(world)
     return 0
 

@@ -46,6 +46,17 @@ count = _number(int, 0, "a whole number")
 positive_float = _number(float, 1e-12, "a number")
 
 
+def share(text: str) -> float:
+    """A fraction above 0 and at most 1 (--control_doses, --forget)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0 and at most 1 (0.05 for 5%)")
+    return v
+
+
 def existing_file(text: str) -> Path:
     p = Path(text)
     if not p.is_file():

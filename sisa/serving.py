@@ -6,6 +6,7 @@
     opts = Options(device="cpu")
     serving.serve_requests("sorted-balanced-slice-5x3", opts, sample=5)           # 5 requests per fold
     serving.serve_requests("sorted-balanced-slice-5x3", opts, requests="faces.txt", fold=0, batched=True)
+    serving.serve_requests("sorted-balanced-slice-5x3", opts, scenario="group:black", volume=0.05)  # 5% of training faces
     assert serving.verify_run("sorted-balanced-slice-5x3", opts)                  # no checkpoint saw a forgotten face
     serving.price_requests("sorted-balanced-slice-5x3", opts, batch_sizes=[5, 20])   # expected cost, no training
     serving.write_report(["random-balanced-slice-5x3", "sorted-balanced-slice-5x3"], opts, "summaries")
@@ -57,30 +58,48 @@ def _opened(layout: RunLayout, opts: Options, fold: int | None, world: World = W
 
 # ---- serving -----------------------------------------------------------------------------------
 def serve_requests(run: str | Path | RunLayout, opts: Options, requests: str | Path | None = None,
-                   sample: int | None = None, fold: int | None = None, seed: int = 0, batched: bool = False,
-                   world: World = World(), say: Say = print) -> list[dict]:
+                   sample: int | None = None, fold: int | None = None, seed: int | None = None, batched: bool = False,
+                   world: World = World(), say: Say = print, scenario: str | None = None,
+                   volume: float | None = None) -> list[dict]:
     """Forget the faces listed in the file `requests`, or `sample` faces per fold drawn by request
-    likelihood (seeded by `seed`), in every fold or in `fold`; one request at a time, or (`batched`)
-    each shard once for all of its requests. Returns the log records (unlearning/log.jsonl) of the
-    requests served. With torchrun (`world`), rank 0 plans and every rank serves its share of the shards.
+    likelihood, or a `volume` (a fraction of each fold's training faces) of a `scenario`
+    (scenarios.py: likelihood, random, group:RACE[:AGE]; default likelihood), in every fold or in
+    `fold`. Draws are keyed by `seed` (default: the run's own seed). One request at a time, or
+    (`batched`, always for a volume) each shard once for all of its requests. Returns the log records
+    (unlearning/log.jsonl) of the requests served. With torchrun (`world`), rank 0 plans and every
+    rank serves its share of the shards.
 
         serving.serve_requests("sorted-balanced-slice-5x3", Options(), sample=20, batched=True)
+        serving.serve_requests("sorted-balanced-slice-5x3", Options(), scenario="group:black", volume=0.01)
+        serving.serve_requests("sorted-balanced-slice-5x3", Options(), scenario="group:black", volume=0.05)  # on top
     """
-    if (requests is None) == (sample is None):
-        raise SisaError("give the faces to forget: a request file or a number of faces to sample, not both")
+    if sum(x is not None for x in (requests, sample, volume)) != 1:
+        raise SisaError("give the faces to forget one way: a request file, a number of faces to sample, or a volume")
+    if scenario is not None and volume is None:
+        raise SisaError("--scenario goes with --forget VOLUME (for example --scenario group:black --forget 0.05)")
+    batched = batched or volume is not None
     layout = _layout(run, opts)
     with _opened(layout, opts, fold, world, serving=True, say=say) as (exp, folds):
         # rank 0 decides (it sees the run as it is now); the others serve their share of its plan
-        plan = world.broadcast(plan_requests(exp, folds, requests, sample, seed, say) if world.rank == 0 else None)
-        records = []
+        plan = world.broadcast(plan_requests(exp, folds, requests, sample, seed, say, scenario, volume)
+                               if world.rank == 0 else None)
+        if not any(plan.values()):
+            return []
+        records, left = [], 0
         for k, n, r in unlearning.serve_plan(exp.layout, opts, plan, world, batched=batched):
             records.append(r)
-            together = f" in a batch of {r['batch_size']}" if r["batch_size"] > 1 else ""
-            share = " (its share)" if together else ""
-            say(f"fold {k}: forgot {n} (shard {r['shard']}, slice {r['slice']}){together}: retrained "
-                f"{len(r['stages_retrained'])} stage(s), {r['faces_x_epochs']:,.0f} faces x epochs{share} = "
-                f"{100 * r['share_of_full']:.1f}% of retraining all shards ({r['speedup_vs_full']:.2f}x faster; "
-                f"{r['speedup_vs_baseline']:.2f}x faster than the 1x1 baseline), {r['wall_seconds']:.1f} s{share}")
+            if r["batch_size"] == 1:
+                say(f"fold {k}: forgot {n} (shard {r['shard']}, slice {r['slice']}): retrained "
+                    f"{len(r['stages_retrained'])} stage(s), {r['faces_x_epochs']:,.0f} faces x epochs = "
+                    f"{100 * r['share_of_full']:.1f}% of retraining all shards ({r['speedup_vs_full']:.2f}x faster; "
+                    f"{r['speedup_vs_baseline']:.2f}x faster than the 1x1 baseline), {r['wall_seconds']:.1f} s")
+            elif left == 0:                 # a batch: one line, for its first record (they share the costs)
+                b = r["batch_size"]
+                say(f"fold {k}: forgot {b} faces of shard {r['shard']} in one retraining from slice "
+                    f"{r['stages_retrained'][0]}: {b * r['faces_x_epochs']:,.0f} faces x epochs = "
+                    f"{100 * b * r['share_of_full']:.1f}% of retraining all shards ({r['speedup_vs_full']:.2f}x faster; "
+                    f"{r['speedup_vs_baseline']:.2f}x faster than the 1x1 baseline), {b * r['wall_seconds']:.1f} s")
+            left = (r["batch_size"] if left == 0 else left) - 1
         records = [r for rs in world.gather(records) for r in rs]
         world.barrier()
         if world.rank != 0:
@@ -93,9 +112,13 @@ def serve_requests(run: str | Path | RunLayout, opts: Options, requests: str | P
 
 
 def plan_requests(exp: Experiment, folds: list[int], requests: str | Path | None = None, sample: int | None = None,
-                  seed: int = 0, say: Say = print) -> dict[int, list[str]]:
+                  seed: int | None = None, say: Say = print, scenario: str | None = None,
+                  volume: float | None = None) -> dict[int, list[str]]:
     """{fold: [faces to forget]}, after checking that the run is fully trained and the requests are
-    training faces of it (test faces, forgotten and absent ones are said and skipped)."""
+    training faces of it (test faces, forgotten and absent ones are said and skipped). A volume of a
+    scenario plans the faces still missing to reach it (nothing when it was reached before)."""
+    from . import scenarios
+    seed = exp.cfg.seed if seed is None else seed
     usable_folds(exp.layout, exp.cfg, exp.partitions, "unlearn", folds, every_slice=True,
                  fix="finish it with train.py before unlearning")
     plan = {}
@@ -117,6 +140,15 @@ def plan_requests(exp: Experiment, folds: list[int], requests: str | Path | None
                            "forgotten": "is already forgotten", "absent": "is not in this fold"}[state]
                     say(f"fold {k}: {n} {why}")
             plan[k] = todo
+    elif volume is not None:
+        sc = scenarios.parse(scenario or "likelihood")
+        plan = {k: scenarios.next_step(exp.partitions[k], sc, volume, seed, k) for k in folds}
+        for k in folds:
+            say(f"fold {k}: {sc.name} at {volume:g}: {scenarios.count(exp.partitions[k], volume):,} face(s) in all, "
+                f"{len(plan[k]):,} still to forget")
+        if not any(plan.values()):
+            say(f"nothing to unlearn: {sc.name} at {volume:g} was served before")
+            return plan
     else:
         plan = {k: unlearning.sample_requests(exp.partitions[k], sample, seed, k) for k in folds}
     if not any(plan.values()):
