@@ -7,6 +7,7 @@
     .venv/bin/python unlearn.py --run_dir sorted-balanced-slice-5x3 --scenario group:black --forget 0.05   # 5% of training faces
     .venv/bin/python unlearn.py --run_dir sorted-balanced-slice-5x3 --cost             # expected cost of one request, no training
     .venv/bin/python unlearn.py --run_dir sorted-balanced-slice-5x3 --cost --batch_sizes 1 5 20   # ... of requests served in batches
+    .venv/bin/python unlearn.py --run_dir sorted-balanced-slice-5x3 --cost --scenario random --forget 0.01   # ... of a volume
     .venv/bin/python unlearn.py --report random-balanced-slice-5x3 sorted-balanced-shard-5x3 sorted-balanced-slice-5x3
 
 Each request retrains only the affected shard from the affected slice on; the run's
@@ -21,13 +22,15 @@ from sisa.cli import (Parser, add_option_args, add_summaries_arg, count, existin
 def get_args_parser() -> Parser:
     p = Parser(description=__doc__.split("\n")[0], epilog="See docs/unlearning.md.")
     p.add_argument("--run_dir", help="the run: a name under --checkpoints_dir or the path of its folder (required, except with --report)")
-    what = p.add_mutually_exclusive_group(required=True)
+    what = p.add_argument_group("what to do", "one of these is required (--forget may go with --cost)") \
+        .add_mutually_exclusive_group()
     what.add_argument("--requests", type=existing_file, metavar="FILE", help="face file names to forget, one a line")
     what.add_argument("--sample", type=positive_int, metavar="N",
                       help="forget N training faces per fold, drawn with probability proportional to their request likelihood")
-    what.add_argument("--forget", type=share, metavar="VOLUME",
-                      help="forget this fraction of each fold's training faces, drawn by --scenario; a larger volume "
-                           "later is served on top (nested draws); each shard retrains once per call")
+    p.add_argument("--forget", type=share, metavar="VOLUME",
+                   help="forget this fraction of each fold's training faces, drawn by --scenario; a larger volume "
+                        "later is served on top (nested draws); each shard retrains once per call. With --cost: "
+                        "its exact cost, no training (default: nothing is forgotten)")
     what.add_argument("--verify", action="store_true", help="check every checkpoint in use against the forgotten faces")
     what.add_argument("--cost", action="store_true", help="expected retraining cost of one request, from the partition alone")
     what.add_argument("--report", nargs="+", metavar="RUN", help="table and figure of cost and fairness across runs")
@@ -64,7 +67,15 @@ def main(argv: list[str] | None = None) -> int:
 
     opts = options_from_args(args)
     world = distributed.setup(opts.device)       # torchrun: ranks share the requests' shards
-    serve = bool(args.requests or args.sample or args.forget)
+    if not (args.requests or args.sample or args.forget or args.verify or args.cost or args.report):
+        raise SisaError("say what to do: --requests FILE, --sample N or --forget VOLUME (serve), --verify, --cost "
+                        "or --report")
+    if args.forget and (args.requests or args.sample or args.verify or args.report):
+        raise SisaError("--forget goes alone (to serve a volume) or with --cost (to price it), not with "
+                        "--requests, --sample, --verify or --report")
+    if args.forget and args.batch_sizes:
+        raise SisaError("--batch_sizes prices batches of the likelihood model; a volume's cost needs none")
+    serve = bool(args.requests or args.sample or (args.forget and not args.cost))
     if args.scenario and not args.forget:
         raise SisaError("--scenario goes with --forget VOLUME (for example --scenario group:black --forget 0.05)")
     if args.batch_sizes and not args.cost:
@@ -82,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SisaError("--run_dir is required (the run to unlearn from)")
     if args.verify:
         return 0 if serving.verify_run(args.run_dir, opts, args.fold) else 1
+    if args.cost and args.forget:
+        serving.price_volume(args.run_dir, opts, args.scenario or "likelihood", args.forget, args.fold, args.seed)
+        return 0
     if args.cost:
         serving.price_requests(args.run_dir, opts, args.fold, args.request_model, args.batch_sizes or (), args.draws,
                                args.seed)

@@ -9,6 +9,7 @@
     serving.serve_requests("sorted-balanced-slice-5x3", opts, scenario="group:black", volume=0.05)  # 5% of training faces
     assert serving.verify_run("sorted-balanced-slice-5x3", opts)                  # no checkpoint saw a forgotten face
     serving.price_requests("sorted-balanced-slice-5x3", opts, batch_sizes=[5, 20])   # expected cost, no training
+    serving.price_volume("sorted-balanced-slice-5x3", opts, "group:black", 0.05)      # exact cost of a volume
     serving.write_report(["random-balanced-slice-5x3", "sorted-balanced-slice-5x3"], opts, "summaries")
 
 A run is a name under `opts.checkpoints_dir`, a path, or a RunLayout. Each function prints the lines
@@ -187,6 +188,30 @@ def verify_run(run: str | Path | RunLayout, opts: Options, fold: int | None = No
     say("verified: no checkpoint in use was trained on a forgotten face" if not bad else
         f"{len(bad)} shard(s) fail verification: retrain them with train.py (same command as the run)")
     return not bad
+
+
+def price_volume(run: str | Path | RunLayout, opts: Options, scenario: str, volume: float, fold: int | None = None,
+                 seed: int | None = None, say: Say = print) -> list[dict]:
+    """The exact cost of forgetting a volume of a scenario (scenarios.py) in one step, for every fold
+    or `fold`, from the partition alone (the faces forgotten so far stay forgotten); no training.
+    Returns unlearning.set_cost's dict per fold.
+
+        serving.price_volume("sorted-balanced-slice-5x3", Options(), "group:black", 0.05)
+    """
+    from . import scenarios
+    sc, out = scenarios.parse(scenario), []
+    with _opened(_layout(run, opts), opts, fold, say=say) as (exp, folds):
+        for k in folds:
+            part = exp.partitions[k]
+            faces = scenarios.next_step(part, sc, volume, exp.cfg.seed if seed is None else seed, k)
+            c = unlearning.set_cost(part, exp.cfg, faces)
+            out.append({"fold": k, "scenario": sc.name, "volume": volume, **c})
+            say(f"fold {k}: {sc.name} at {volume:g}: {c['faces']:,} face(s) in {c['shards_retrained']} of "
+                f"{exp.cfg.num_shards} shard(s), {c['slices_retrained']} slice stage(s) retrained, "
+                f"{c['faces_x_epochs']:,} faces x epochs = {100 * c['share_of_full']:.1f}% of retraining all shards "
+                f"({c['speedup_vs_full']:.2f}x faster; {c['speedup_vs_baseline']:.2f}x faster than retraining the 1x1 "
+                f"baseline without the faces)")
+    return out
 
 
 def price_requests(run: str | Path | RunLayout, opts: Options, fold: int | None = None, request_model: str = "shared",

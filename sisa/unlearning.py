@@ -121,6 +121,23 @@ def expected_batch_cost(part: pd.DataFrame, cfg: RunConfig, k: int, draws: int =
             "speedup_vs_full": full / float(totals.mean()), "speedup_vs_baseline": base / float(totals.mean())}
 
 
+def set_cost(part: pd.DataFrame, cfg: RunConfig, faces: list[str]) -> dict:
+    """Exact cost of forgetting `faces` together (a volume's step): each shard holding one retrains
+    once from its earliest slice holding one, on what is left after the step; no training. Against
+    retraining all shards, and the monolithic 1x1 baseline, from scratch without the faces."""
+    after = part.copy()
+    after.loc[after["filename"].isin(faces), "forgotten"] = True
+    costs = stage_costs(after, cfg)
+    rows = part[part["filename"].isin(faces)]
+    first = rows.groupby("shard")["slice"].min()
+    cost = int(sum(costs[int(s), int(l):].sum() for s, l in first.items()))
+    full, base = int(costs.sum()), baseline_cost(after, cfg)
+    return {"faces": len(rows), "shards_retrained": len(first), "slices_retrained": int(sum(cfg.num_slices - first)),
+            "faces_x_epochs": cost, "full_faces_x_epochs": full, "baseline_faces_x_epochs": base,
+            "share_of_full": cost / full if full else float("nan"),
+            "speedup_vs_full": full / max(cost, 1), "speedup_vs_baseline": base / max(cost, 1)}
+
+
 # ---- requests ----------------------------------------------------------------------------------
 def locate(part: pd.DataFrame, face: str) -> tuple[str, int | None, int | None]:
     """('train' | 'test' | 'forgotten' | 'absent', shard, slice) of a face in a fold's partition."""

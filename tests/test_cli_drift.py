@@ -45,7 +45,8 @@ def test_each_command_says_what_it_reads_the_images_for():
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_flag_says_what_it_means_and_its_default(script):
     p = _script(script).get_args_parser()
-    chosen = {a for g in p._mutually_exclusive_groups if g.required for a in g._group_actions}   # one is required
+    chosen = {a for g in p._mutually_exclusive_groups                                           # one is required
+              if g.required or "required" in (getattr(g._container, "description", "") or "") for a in g._group_actions}
     for a in p._actions:
         if isinstance(a, argparse._HelpAction):
             continue
@@ -151,8 +152,10 @@ def test_serving_is_callable_from_python(faces_dir, cache_dir, tmp_path):
         serving.serve_requests(exp.layout, opts, sample=1, fold=1, say=lines.append)
     with pytest.raises(SisaError, match="--fold 2 does not exist"):
         serving.verify_run(exp.layout, opts, fold=2)
-    with pytest.raises(SisaError, match="not both"):
+    with pytest.raises(SisaError, match="one way"):
         serving.serve_requests(exp.layout, opts, requests="x.txt", sample=1)
+    priced = serving.price_volume(exp.layout, opts, "group:black", 0.05, say=lines.append)   # no training needed
+    assert [c["fold"] for c in priced] == [0, 1] and priced[0]["faces"] > 0 and "group:black at 0.05" in lines[-1]
     table = serving.write_report([exp.cfg.name], opts, tmp_path / "s", say=lines.append)
     assert table["run"].tolist() == [exp.cfg.name] and (tmp_path / "s" / "unlearning-report.csv").exists()
     assert not (exp.layout.root / "unlearning").exists() and not list(exp.layout.root.glob("fold-*/shard-*"))

@@ -151,9 +151,14 @@ def test_sisa_serves_a_volume_in_steps_each_shard_once_per_step(runs, tmp_path):
     ck, names = runs
     run = tmp_path / names["2x3"]
     shutil.copytree(ck / names["2x3"], run)
+    priced = run_script("unlearn.py", "--run_dir", run, "--cost", "--scenario", "random", "--forget", "0.02").stdout
+    assert "fold 0: random at 0.02:" in priced and "of retraining all shards" in priced
+    assert not read_partition(run / "fold-0" / "partition.csv")["forgotten"].any()        # priced, nothing served
     run_script("unlearn.py", "--run_dir", run, "--scenario", "random", "--forget", "0.02", "--no_progress")
     first = set(read_partition(run / "fold-0" / "partition.csv").query("forgotten")["filename"])
     log1 = read_jsonl(run / "unlearning" / "log.jsonl")
+    shown = int(priced.split("faces x epochs =")[0].rsplit("retrained, ", 1)[1].replace(",", ""))
+    assert sum(r["faces_x_epochs"] for r in log1) == pytest.approx(shown)              # the price is what it cost
     assert len({r["shard"] for r in log1}) == len({(r["shard"], r["time"]) for r in log1})   # one retraining a shard
     again = run_script("unlearn.py", "--run_dir", run, "--scenario", "random", "--forget", "0.02", "--no_progress")
     assert "was served before" in again.stdout and len(read_jsonl(run / "unlearning" / "log.jsonl")) == len(log1)

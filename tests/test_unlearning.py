@@ -21,7 +21,7 @@ from sisa.layout import PROJECT_ROOT, RunLayout
 from sisa.partition import read_partition, write_partition_csv
 from sisa.store import read_jsonl
 from sisa.training import train_run
-from sisa.unlearning import expected_batch_cost, expected_cost, stage_costs
+from sisa.unlearning import expected_batch_cost, expected_cost, set_cost, stage_costs
 
 TINY = dict(num_shards=2, num_slices=3, folds=1, epochs=1, image_size=24, model="cnn", test_per_cell=2,
             test_random=10, strategy="sorted-balanced", put_in="slice")
@@ -254,6 +254,19 @@ def test_expected_cost_on_a_hand_worked_partition():
     assert e["expected_faces_x_epochs"] == pytest.approx(w @ [9, 6, 9, 6])
     assert e["full_faces_x_epochs"] == 18 and e["baseline_faces_x_epochs"] == 12
     assert e["speedup_vs_full"] == pytest.approx(18 / (w @ [9, 6, 9, 6]))
+
+
+def test_the_exact_cost_of_forgetting_a_set_at_once():
+    cfg, part = hand_worked()
+    # a and d: shard 0 retrains from slice 0 (nothing, then b: 0 + 3), shard 1 from slice 1 (c: 3)
+    c = set_cost(part, cfg, ["a", "d"])
+    assert (c["faces_x_epochs"], c["full_faces_x_epochs"], c["baseline_faces_x_epochs"]) == (6, 9, 6)
+    assert (c["faces"], c["shards_retrained"], c["slices_retrained"]) == (2, 2, 3)
+    assert c["speedup_vs_full"] == 1.5 and c["speedup_vs_baseline"] == 1.0
+    c = set_cost(part, cfg, ["b"])                          # shard 0's last stage only, on a
+    assert (c["faces_x_epochs"], c["full_faces_x_epochs"], c["baseline_faces_x_epochs"], c["slices_retrained"]) == \
+        (3, 15, 9, 1)
+    assert not part["forgotten"].any()                      # priced, not served
 
 
 def test_expected_cost_of_batches():
