@@ -55,6 +55,13 @@ def get_args_parser() -> Parser:
     a.add_argument("--aa", dest="aa", action="store_true", default=None,
                    help="include uniform-b, a second uniform placement: the A/A contrast that calibrates the study (default)")
     a.add_argument("--no_aa", dest="aa", action="store_false", help="leave the A/A arm out")
+    g.add_argument("--scenarios", nargs="+", metavar="SCENARIO",
+                   help="who asks to be forgotten, each served at every --forget volume on a copy of every chosen "
+                        "configuration's trained runs (the 1x1 baseline is retrained from scratch without the faces): "
+                        "likelihood, random, group:RACE or group:RACE:AGE (default: none)")
+    g.add_argument("--forget", type=share, nargs="+", metavar="VOLUME",
+                   help="with --scenarios: fractions of each fold's training faces to forget, nested and served in "
+                        "steps, each evaluated (for example 0.01 0.05 0.1; default: none)")
     g.add_argument("--reference_race", choices=("white", "black", "asian", "indian", "other"),
                    help="the race every gap is measured against, fixed before the data are seen (default: --control_race)")
     g.add_argument("--configs", nargs="+", choices=list(CHOOSABLE), default=None,
@@ -115,7 +122,7 @@ def jobs_arg(text: str) -> int | None:
 
 OVERRIDES = ("image_size", "model", "weights", "recipe", "epochs", "slice_epochs", "folds", "tests", "test_per_cell",
              "test_random", "batch_size", "lr", "replicates", "sample", "control", "control_doses", "aa", "reference_race",
-             "configs", "num_shards", "num_slices", "control_race", "seed", "limit", "n_boot")
+             "scenarios", "forget", "configs", "num_shards", "num_slices", "control_race", "seed", "limit", "n_boot")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,7 @@ class RunSet:
         self.sisa = self.cfg.num_shards * self.cfg.num_slices > 1
         self.summaries_dir = Path(summaries_dir)
         self.progress = [progress.get(n, {}) for n in names]
+        self._all_progress = progress
         # the summaries by their names (the run's, and <run>-unlearned<N> once it served requests)
         self.before_names = list(names)
         self.before = [self._pred(summaries_dir, b) for b in self.before_names]
@@ -64,6 +65,10 @@ class RunSet:
                      SummaryLayout(self.summaries_dir, summary_name(e)).predictions.exists() for e in self.exps)
         self.after_names = [summary_name(e) for e in self.exps] if served else None
         self.after = [self._pred(summaries_dir, a) for a in self.after_names] if served else None
+
+    def progress_of(self, run: str) -> dict:
+        """The progress record of a run of this set's study (a scenario's clone, say)."""
+        return self._all_progress.get(run, {})
 
     @staticmethod
     def _pred(summaries_dir: Path, name: str) -> pd.DataFrame:
@@ -116,8 +121,9 @@ def analyse_replicates(test: str, sets: dict[str, RunSet], s) -> dict:
     family("vs baseline", [(t, "before", "baseline", "before") for t in sets if t != "baseline"])
     family("after vs before unlearning", [(t, "after", t, "before") for t in sets if (t, "after") in values],
            ("accuracy_overall", "accuracy_standardised"))
+    scen = forgetting(test, sets, s, faces, values, broken, fams)
     per_race = faces.table["race"].value_counts()
-    return {"faces": {"tested": len(faces.table), "per_race": {r: int(per_race.get(i, 0)) for i, r in enumerate(RACES)},
+    return {"forgetting": scen,"faces": {"tested": len(faces.table), "per_race": {r: int(per_race.get(i, 0)) for i, r in enumerate(RACES)},
                       "folds": sets["baseline"].cfg.folds, "replicates": s.replicates,
                       "standard_age_shares": dict(zip(AGE_CLASSES, map(float, faces.shares)))},
             "reference_race": ref,
@@ -191,6 +197,62 @@ def per_class(reps: stats.Replicates, rs: RunSet, faces: pd.DataFrame) -> dict:
     tables = [reps.class_acc(stats.hits(p, faces)) for p in rs.before]
     mean = np.nanmean(np.stack(tables), axis=0) if len(tables) > 1 else tables[0]
     return {g: {c: _num(mean[i, j]) for j, c in enumerate(AGE_CLASSES)} for i, g in enumerate(stats.GROUPS)}
+
+
+def forgetting(test: str, sets: dict[str, RunSet], s, faces, values: dict, broken: dict, fams: dict) -> dict | None:
+    """Scenarios at a volume (scenarios.py): every configuration serving them, after each volume, as
+    phases "<scenario> <volume>" of `values` (added here), with four comparison families added to
+    `fams` (the primary gap and accuracy): after minus before; a group scenario minus random at the
+    same volume (who asks, separated from how many); a placement minus uniform under the same requests;
+    SISA minus the monolith retrained from scratch without the faces. Returns the steps' costs."""
+    from .study import numbers as N
+    if not s.scenarios:
+        return None
+    tags = [t for t in s.scenario_configs if t in sets]
+    vols = sorted(s.forget)
+    costs, names = [], {}
+    for tag in tags:
+        rs = sets[tag]
+        for sc in s.scenarios:
+            clones = [s.scenario_run(test, tag, r, sc) for r in range(s.replicates)]
+            for v in vols:
+                phase = f"{sc} {v:g}"
+                names.setdefault(tag, {})[phase] = [s.volume_summary(c, v) for c in clones]
+                preds = [RunSet._pred(rs.summaries_dir, n) for n in names[tag][phase]]
+                values[(tag, phase)] = N.stack([faces.measures(p, s.reference) for p in preds])
+                why = next((w for w in map(N.degenerate_run, preds) if w), None)
+                if why:
+                    broken[(tag, phase)] = why
+                steps = [rs.progress_of(c).get(f"forget {v:g}", {}) for c in clones]
+                costs.append({"config": tag, "scenario": sc, "volume": v, "replicates": len(steps),
+                              **{k: _num(float(np.mean([st.get(k, np.nan) for st in steps])))
+                                 for k in ("faces_served", "shard_models_retrained", "faces_x_epochs", "baseline_faces_x_epochs",
+                                           "full_faces_x_epochs", "serve_seconds", "evaluate_seconds", "seconds")}})
+    by_key = {(c["config"], c["scenario"], c["volume"]): c for c in costs}
+    for c in costs:        # against retraining the monolith on the same requests (the baseline's clone)
+        base = by_key.get(("baseline", c["scenario"], c["volume"]), {})
+        c["speedup_vs_retrained_monolith"] = _num(base.get("faces_x_epochs", np.nan) / c["faces_x_epochs"]) \
+            if c["faces_x_epochs"] else None
+        c["seconds_speedup_vs_retrained_monolith"] = _num(base.get("serve_seconds", np.nan) / c["serve_seconds"]) \
+            if c["serve_seconds"] else None
+    stats_ = (N.PRIMARY, "accuracy_overall")
+
+    def family(name: str, pairs: list) -> None:
+        if pairs:
+            fams[name] = N.compare(name, pairs, values, broken, stats_, s.reference)
+    phases = [f"{sc} {v:g}" for sc in s.scenarios for v in vols]
+    family("forgetting: after vs before", [(t, ph, t, "before") for t in tags for ph in phases])
+    groups = [sc for sc in s.scenarios if sc.startswith("group:")]
+    if "random" in s.scenarios:
+        family("forgetting: group vs random", [(t, f"{g} {v:g}", t, f"random {v:g}") for t in tags for g in groups
+                                               for v in vols])
+    if "uniform" in tags:
+        family("forgetting: placement vs uniform", [(t, ph, "uniform", ph) for t in tags
+                                                    if t not in ("baseline", "uniform") for ph in phases])
+    if "baseline" in tags:
+        family("forgetting: SISA vs retrained monolith", [(t, ph, "baseline", ph) for t in tags if t != "baseline"
+                                                          for ph in phases])
+    return {"scenarios": list(s.scenarios), "volumes": vols, "configs": tags, "costs": costs, "runs": names}
 
 
 def aggregations(rs: RunSet, summaries_dir: Path) -> dict:

@@ -102,7 +102,9 @@ def load_checkpoint(path: Path, cfg: RunConfig | None = None, stage_hash: str | 
         first = first_line(e, 200)
         raise SisaError(f"checkpoint {path} cannot be loaded ({type(e).__name__}: {first}); retrain it with "
                         "train.py") from e
-    if cfg is not None and ck.get("config") != cfg.to_dict():
+    # the run's name is a label: a clone of a run (experiment.clone_run) loads the run's checkpoints
+    if cfg is not None and not (isinstance(ck.get("config"), dict) and
+                                {**ck["config"], "run_name": ""} == {**cfg.to_dict(), "run_name": ""}):
         diff = RunConfig.from_dict(ck["config"]).differences(cfg) if isinstance(ck.get("config"), dict) else ["?"]
         raise SisaError(f"checkpoint {path} belongs to another configuration ({'; '.join(diff)}); "
                         "it does not belong in this run folder")

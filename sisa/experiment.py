@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import platform
 import shutil
 import subprocess
@@ -214,6 +215,35 @@ def open_run(layout: RunLayout, opts: Options, with_images: bool = True) -> Expe
             raise SisaError(f"the faces in {data_dir} differ from those run {cfg.name} was made with; "
                             "point --data_dir at the original data")
     return Experiment(cfg, layout, table, images, partitions, skipped, manifest)
+
+
+def clone_run(src: RunLayout, dest: RunLayout) -> None:
+    """A copy of a trained run under another name, to be served requests of its own (a scenario)
+    while `src` stays as it is. Checkpoints are hard links (every later write replaces a file by a
+    rename, never in place, so `src` cannot change through them; a copy where links are refused);
+    everything else is copied, the unlearning folder and the lock left out; the config and run.json
+    carry the new name. Nothing else differs: seeds, partitions and hashes are the run's. A clone
+    made from a run that served requests would inherit them, so that is refused."""
+    if any(read_partition(p)["forgotten"].any() for p in sorted(src.root.glob("fold-*/partition.csv"))):
+        raise SisaError(f"run {src.name} has served requests; a clone must start from the trained run (train it again "
+                        "under another name)")
+    tmp = dest.root.with_name(dest.root.name + ".cloning")
+    if tmp.exists():
+        shutil.rmtree(tmp)                          # an interrupted clone: start again
+
+    def link_or_copy(a: str, b: str) -> None:
+        if a.endswith(".pt"):
+            try:
+                return os.link(a, b)
+            except OSError:
+                pass
+        shutil.copy2(a, b)
+    shutil.copytree(src.root, tmp, copy_function=link_or_copy,
+                    ignore=lambda d, names: [n for n in names if n in ("LOCK", "unlearning") or ".tmp" in n])
+    cfg = dataclasses.replace(RunConfig.from_dict(read_json(src.config)), run_name=dest.root.name)
+    write_json(tmp / "config.json", cfg.to_dict())
+    write_json(tmp / "run.json", {**read_json(src.manifest), "name": dest.root.name, "cloned_from": src.name})
+    os.replace(tmp, dest.root)
 
 
 def describe(exp: Experiment) -> str:

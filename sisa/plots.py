@@ -134,6 +134,30 @@ def contrast_chart(families: dict[str, list[dict]], path: Path) -> Path:
     return _save(fig, path)
 
 
+def forgetting_curves(rows: list[dict], reference: str, path: Path) -> Path:
+    """Scenarios at a volume: the change of the gap from before (points, with its interval) against the
+    volume forgotten, one line per scenario, one panel per configuration. `rows`: config, scenario,
+    volume, change, ci_low, ci_high (fractions; None where there is no verdict)."""
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    fig, axes = plt.subplots(1, len(configs), figsize=(3.6 * len(configs) + 0.6, 3.6), sharey=True, squeeze=False)
+    colours = dict(zip(dict.fromkeys(r["scenario"] for r in rows), plt.cm.tab10.colors))
+    for ax, config in zip(axes[0], configs):
+        for sc, colour in colours.items():
+            pts_ = sorted((r for r in rows if r["config"] == config and r["scenario"] == sc), key=lambda r: r["volume"])
+            x = [100 * r["volume"] for r in pts_]
+            y = np.array([np.nan if r["change"] is None else 100 * r["change"] for r in pts_])
+            lo = np.array([np.nan if r["ci_low"] is None else 100 * r["ci_low"] for r in pts_])
+            hi = np.array([np.nan if r["ci_high"] is None else 100 * r["ci_high"] for r in pts_])
+            ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="o-", capsize=3, color=colour, label=sc)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(config, fontsize=10)
+        ax.set_xlabel("volume forgotten, % of training faces")
+    axes[0][0].set_ylabel(f"change of the gap (others - {reference}), points")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle("Forgetting at volume: the gap after minus before, by who asks", fontsize=10)
+    return _save(fig, path)
+
+
 def dose_response(rows: list[dict], reference: str, path: Path) -> Path:
     """The positive control's change of the gap (points, with its interval) against the dose of label
     noise on the reference race's training faces."""

@@ -79,7 +79,7 @@ def render(r: dict) -> str:
             lines += [f"## {v1.TEST_TITLES.get(test, test)}", ""]
         lines += answer(t, s, h) + verdicts(t, h) + accuracy(t, h) + control(t, h) + aa(t, h) + placement(t, h)
         old = h[:-2]                        # sisa/report.py's sections add "##" to the heading they are given
-        lines += degenerate(t, h) + costs(t, s, h) + [x.replace("mean over seeds", "mean over replicates")
+        lines += forgetting(t, h) + degenerate(t, h) + costs(t, s, h) + [x.replace("mean over seeds", "mean over replicates")
                                                           for x in v1.aggregations(t, old)] + composition(r, t, h)
         lines += [f"{h} Figures", ""] + [f"![{k}]({v})" for k, v in r.get("figures", {}).get(test, {}).items()] + [""]
     lines += [v1.settings_table(r), "", v1.machine_table(r), ""] + method(r)
@@ -110,6 +110,20 @@ def answer(t: dict, s: dict, h: str) -> list[str]:
         cs = comparisons(t, family)
         if cs:
             out.append(f"- **{lead}**: " + "; ".join(f"{title(c.run)} {said(c)}" for c in cs) + ".")
+    f = t.get("forgetting")
+    if f:
+        top = f"{max(f['volumes']):g}"
+        cs = [c for c in comparisons(t, "forgetting: group vs random") if c.phase.endswith(f" {top}") and
+              c.statistic == PRIMARY]
+        if cs:
+            out.append(f"- **Who asks, at {100 * float(top):g}% of the training faces** (a group's requests against as "
+                       "many random ones): " + "; ".join(f"{title(c.run)}, {c.phase.rsplit(' ', 1)[0]} {said(c)}"
+                                                        for c in cs) + ".")
+        cs = [c for c in comparisons(t, "forgetting: after vs before") if c.phase.endswith(f" {top}") and
+              c.statistic == PRIMARY]
+        if cs:
+            out.append(f"- **After forgetting {100 * float(top):g}%, against before**: " + "; ".join(
+                f"{labelled(c.run, c.phase)} {said(c)}" for c in cs) + ".")
     dr = t.get("dose_response") or {}
     if dr.get("doses"):
         small = dr["smallest_detected"]
@@ -124,14 +138,65 @@ def verdicts(t: dict, h: str) -> list[str]:
     rows = []
     for family in t["comparisons"]:
         for c in comparisons(t, family):
-            run = title(c.run) + (" after" if c.phase == "after" else "")
-            rows.append([family, f"{run} vs {title(c.reference)}", STATISTICS.get(c.statistic, c.statistic)
+            rows.append([family, f"{labelled(c.run, c.phase)} vs {labelled(c.reference, c.reference_phase)}", STATISTICS.get(c.statistic, c.statistic)
                          + (f" ({c.group})" if c.group else ""), said(c),
                          f"{pts(c.se_replicates, False)} / {pts(c.se_faces, False)}"])
     return [f"{h} Every comparison", "",
             "Change in points [interval at the family's Bonferroni level] and verdict; the standard error's two parts: "
             "between replicates (training and placement) / which faces were tested.", "",
             v1.table(["family", "comparison", "statistic", "change and verdict", "se: replicates / faces"], rows), ""]
+
+
+def labelled(tag: str, phase: str) -> str:
+    """A configuration in a phase: 'uniform', 'uniform after', 'uniform (group:black 0.05)'."""
+    if phase in ("before", "after"):
+        return title(tag) + (" after" if phase == "after" else "")
+    sc, _, v = phase.rpartition(" ")           # a scenario's volume: 'group:black 0.05'
+    return f"{title(tag)} ({sc}, {100 * float(v):g}%)" if sc else f"{title(tag)} ({phase})"
+
+
+def forgetting(t: dict, h: str) -> list[str]:
+    """Scenarios at a volume: the gap after each volume, its change from before, who asks (a group
+    against random at the same volume), SISA against the retrained monolith, and what it cost."""
+    f = t.get("forgetting")
+    if not f:
+        return []
+    ref = t["reference_race"]
+
+    def one(family: str, tag: str, phase: str, reference_phase: str | None = None) -> str:
+        c = next((c for c in comparisons(t, family) if c.run == tag and c.phase == phase and c.statistic == PRIMARY
+                  and (reference_phase is None or c.reference_phase == reference_phase)), None)
+        return said(c) if c else "–"
+    rows = []
+    for tag in f["configs"]:
+        for sc in f["scenarios"]:
+            for v in f["volumes"]:
+                ph = f"{sc} {v:g}"
+                rows.append([title(tag), sc, f"{100 * v:g}%", lv(level(t, tag, PRIMARY, phase=ph)),
+                             one("forgetting: after vs before", tag, ph),
+                             one("forgetting: group vs random", tag, ph) if sc.startswith("group:") else "",
+                             one("forgetting: SISA vs retrained monolith", tag, ph) if tag != "baseline" else ""])
+    cost_rows = [[title(c["config"]), c["scenario"], f"{100 * c['volume']:g}%", f"{c['faces_served'] or 0:,.0f}",
+                  f"{c['shard_models_retrained'] or 0:.1f}", f"{c['faces_x_epochs'] or 0:,.0f}",
+                  "–" if c["speedup_vs_retrained_monolith"] is None else f"{c['speedup_vs_retrained_monolith']:.2f}x",
+                  v1.secs(c["serve_seconds"]),
+                  "–" if c["seconds_speedup_vs_retrained_monolith"] is None else
+                  f"{c['seconds_speedup_vs_retrained_monolith']:.2f}x"] for c in f["costs"]]
+    return [f"{h} Many requests: who asks and how many", "",
+            f"Each scenario's faces forgotten at each volume (a fraction of each fold's training faces, the same count "
+            f"for every scenario, nested: each volume on top of the last), served exactly on a copy of every run: SISA "
+            f"retrains each affected shard once per step, the 1x1 baseline is retrained from scratch without the faces. "
+            f"The primary gap (others - {ref}, age-standardised) after each volume with its 95% interval, its change "
+            "from before, a group's change against random requests at the same volume (who asks, separated from how "
+            "many), and SISA against the retrained monolith on the same requests; changes in points, intervals at the "
+            "family's Bonferroni level.", "",
+            v1.table(["configuration", "scenario", "volume", "gap after", "change from before", "group - random",
+                      "SISA - retrained monolith"], rows), "",
+            "What each step cost (mean over replicates, summed over folds): faces served, shard models retrained, faces x "
+            "epochs retrained, the speed-up over retraining the monolith on the same requests, in images and in wall "
+            "seconds of serving.", "",
+            v1.table(["configuration", "scenario", "volume", "faces", "shard models", "faces x epochs",
+                      "speed-up vs monolith", "serving", "in seconds"], cost_rows), ""]
 
 
 def accuracy(t: dict, h: str) -> list[str]:
@@ -257,10 +322,18 @@ def figures(layout: StudyLayout, data: dict) -> dict:
         rows = {fam: [{"run": title(c.run) + (" after" if c.phase == "after" else ""), "reference": title(c.reference),
                        "statistic": STATISTICS[c.statistic], "change": c.change, "ci_low": c.ci_low_adjusted,
                        "ci_high": c.ci_high_adjusted, "verdict": c.outcome} for c in comparisons(t, fam)
-                      if c.outcome != "none"] for fam in t["comparisons"] if "secondary" not in fam}
+                      if c.outcome != "none"] for fam in t["comparisons"]
+                if "secondary" not in fam and not fam.startswith("forgetting")}
         name = f"{test}-comparisons"
         plots.contrast_chart(rows, layout.figure(name))
         figs["primary comparisons"] = layout.figure(name).name
+        if t.get("forgetting"):
+            rows = [{"config": title(c.run), "scenario": c.phase.rsplit(" ", 1)[0], "volume": float(c.phase.rsplit(" ", 1)[1]),
+                     "change": c.change, "ci_low": c.ci_low_adjusted, "ci_high": c.ci_high_adjusted}
+                    for c in comparisons(t, "forgetting: after vs before") if c.statistic == PRIMARY]
+            name = f"{test}-forgetting"
+            plots.forgetting_curves(rows, t["reference_race"], layout.figure(name))
+            figs["forgetting by volume"] = layout.figure(name).name
         if (t.get("dose_response") or {}).get("doses"):
             name = f"{test}-dose-response"
             plots.dose_response(t["dose_response"]["doses"], t["reference_race"], layout.figure(name))
@@ -271,8 +344,10 @@ def figures(layout: StudyLayout, data: dict) -> dict:
 
 def runs_of(t: dict) -> list[tuple[str, str, int, str]]:
     """(configuration, phase, replicate, summary name) of every run of a test."""
-    return [(tag, phase, r, n) for tag, runs in t["runs"].items() for phase in ("before", "after")
-            for r, n in enumerate(runs[phase] or [])]
+    out = [(tag, phase, r, n) for tag, runs in t["runs"].items() for phase in ("before", "after")
+           for r, n in enumerate(runs[phase] or [])]
+    return out + [(tag, phase, r, n) for tag, phases in ((t.get("forgetting") or {}).get("runs") or {}).items()
+                  for phase, names in phases.items() for r, n in enumerate(names)]
 
 
 def save_counts(layout: StudyLayout, data: dict, summaries_dir: Path) -> str:

@@ -7,6 +7,11 @@ A phase is done when its outputs are there, not when a record says so (Study.pen
   evaluate                   the run's summary is in --summaries_dir
   unlearning                 the fold's first --sample faces of its request order are forgotten, verified
   evaluate after unlearning  the summary of the run as it is now (<run>-unlearned<N>) is there
+  forget <scenario>          for every --forget volume, the summary <run>-<scenario>-forget<pct> is there;
+                             its run, a clone of the trained run made before the run serves anything,
+                             forgets each volume on top of the last (one retraining per shard a step),
+                             is verified and evaluated; each step's seconds and cost are in the
+                             clone's progress record as phase "forget <volume>"
 so another --checkpoints_dir or --summaries_dir redoes what is missing there, never ends in a traceback.
 """
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import SisaError
-from ..experiment import Options
+from ..experiment import Options, clone_run
 from ..layout import DEFAULT_REPORTS, DEFAULT_SUMMARIES, RunLayout, StudyLayout, SummaryLayout
 from ..device import wants_cuda
 from ..store import new_run_lock, read_json, run_lock, write_json
@@ -38,7 +43,8 @@ class Study:
         self.summaries = Path(summaries_dir).resolve()
         self.layout = StudyLayout((Path(reports_dir) / settings.name).resolve())
         self.overwrite, self.say = overwrite, say
-        self._unlearning_units: dict[str, int] = {}
+        self._unlearning_units: dict = {}
+        self._keys = {settings.run_name(*key): key for key in settings.runs()}    # run name -> (test, tag, replicate)
 
     # -- the study folder ---------------------------------------------------------------------
     def check_folder(self) -> Settings | None:
@@ -81,9 +87,11 @@ class Study:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         if old is not None:
             for test, tag, k in old.runs():
-                run = Path(self.opts.checkpoints_dir) / old.run_name(test, tag, k)
-                if (run / "config.json").exists():
-                    shutil.rmtree(run)
+                names = [old.run_name(test, tag, k)] + [old.scenario_run(test, tag, k, sc) for sc in old.scenarios
+                                                        if tag in old.scenario_configs]
+                for run in (Path(self.opts.checkpoints_dir) / n for n in names):
+                    if (run / "config.json").exists():
+                        shutil.rmtree(run)
 
     # -- what is left -------------------------------------------------------------------------
     def sisa(self, exp) -> bool:
@@ -116,7 +124,19 @@ class Study:
                 todo.append("unlearning")
             if todo[-1:] == ["unlearning"] or not self.summary_here(summary_name(exp)):
                 todo.append("evaluate after unlearning")
+        todo += [f"forget {sc}" for sc, clone in self.scenarios_of(exp) if self.volumes_left(clone)]
         return todo
+
+    def scenarios_of(self, exp) -> list[tuple[str, RunLayout]]:
+        """(scenario, its clone's layout) for every --scenarios entry this run serves."""
+        key = self._keys.get(exp.cfg.name)
+        if key is None or key[1] not in self.s.scenario_configs:
+            return []
+        return [(sc, RunLayout((Path(self.opts.checkpoints_dir) / self.s.scenario_run(*key, sc)).resolve()))
+                for sc in self.s.scenarios]
+
+    def volumes_left(self, clone: RunLayout) -> list[float]:
+        return [v for v in sorted(self.s.forget) if not self.summary_here(self.s.volume_summary(clone.name, v))]
 
     def summary_here(self, summary: str) -> bool:
         """Whether a summary (<run>, or <run>-unlearned<N> after requests) is in --summaries_dir."""
@@ -135,7 +155,28 @@ class Study:
             left += self.eval_units(cfg, tested) * min(cfg.num_shards, self.s.sample) // cfg.num_shards
         if "unlearning" in todo:
             left += self.unlearning_units(exp)
+        for sc, clone in self.scenarios_of(exp):
+            if f"forget {sc}" in todo:
+                left += sum(self.volume_units(exp, sc, v) + self.eval_units(cfg, tested) for v in self.volumes_left(clone))
         return left
+
+    def volume_units(self, exp, scenario: str, volume: float) -> int:
+        """Faces x epochs of forgetting one volume on top of the last (exact, from the partitions)."""
+        from .. import scenarios
+        from ..unlearning import set_cost
+        key = (exp.cfg.name, scenario, volume)
+        if key not in self._unlearning_units:
+            sc, vols = scenarios.parse(scenario), sorted(self.s.forget)
+            smaller = [v for v in vols if v < volume]
+            total = 0
+            for f, p in enumerate(exp.partitions):
+                p = p.assign(forgotten=False)
+                seed = exp.cfg.seed
+                if smaller:
+                    p.loc[p["filename"].isin(scenarios.forget_set(p, sc, smaller[-1], seed, f)), "forgotten"] = True
+                total += set_cost(p, exp.cfg, scenarios.next_step(p, sc, volume, seed, f))["faces_x_epochs"]
+            self._unlearning_units[key] = total
+        return self._unlearning_units[key]
 
     @staticmethod
     def eval_units(cfg, tested: int) -> int:
@@ -150,8 +191,13 @@ class Study:
         return self._unlearning_units[name]
 
     def check_requests(self, exps: dict) -> None:
-        """--sample larger than a fold's training faces: say so before anything is trained."""
+        """--sample larger than a fold's training faces, or a --forget volume a scenario cannot supply:
+        say so before anything is trained."""
+        from .. import scenarios
         for exp in exps.values():
+            for sc, _ in self.scenarios_of(exp):
+                for f, p in enumerate(exp.partitions):
+                    scenarios.forget_set(p, scenarios.parse(sc), max(self.s.forget), exp.cfg.seed, f)
             if self.sisa(exp) and self.s.sample:
                 train = min(int((p["role"] == "train").sum()) for p in exp.partitions)
                 if self.s.sample > train:
@@ -397,6 +443,9 @@ class Study:
                     facts.update(summary=out.name, summaries_dir=str(self.summaries))
                 bar.update(self.eval_units(cfg, tested))
                 self.say(f"[{self.clock()}] evaluated {name} in {fmt_s(progress.fact(name, 'evaluate', 'seconds'))}")
+            for sc, clone in self.scenarios_of(exp):        # before the run itself forgets anything
+                if f"forget {sc}" in todo and not clone.exists():
+                    clone_run(L, clone)
             if "unlearning" in todo:
                 with progress.phase(name, "unlearning") as facts:
                     plan = self.requests(exp)
@@ -419,6 +468,66 @@ class Study:
                 bar.update(self.eval_units(cfg, tested) * min(cfg.num_shards, self.s.sample) // cfg.num_shards)
                 self.say(f"[{self.clock()}] evaluated {after} in "
                          f"{fmt_s(progress.fact(name, 'evaluate after unlearning', 'seconds'))}")
+        for sc, clone in self.scenarios_of(exp):
+            if f"forget {sc}" in todo:
+                self.forget(exp, sc, clone, progress, bar)
+
+    def forget(self, exp, scenario: str, clone: RunLayout, progress: Progress, bar) -> None:
+        """Serve a scenario's volumes on its clone of the run, smallest first, each on top of the last:
+        every shard holding a face of the step retrains once (the 1x1 baseline: from scratch), the
+        clone is verified and evaluated into <clone>-forget<pct>."""
+        from .. import scenarios
+        from ..commit import finish_and_report
+        from ..evaluation import evaluate_run
+        from ..experiment import open_run
+        from ..store import read_jsonl
+        from ..unlearning import serve_plan, verify
+
+        sc, cfg = scenarios.parse(scenario), exp.cfg
+        tested = sum(int((p["role"] == "test").sum()) for p in exp.partitions)
+        with run_lock(clone.lock, "study.py"):
+            finish_and_report(clone, bar.write)
+            for v in self.volumes_left(clone):
+                cexp = open_run(clone, self.opts, with_images=False)
+                seed = cexp.cfg.seed
+                try:
+                    plan = {f: scenarios.next_step(p, sc, v, seed, f) for f, p in enumerate(cexp.partitions)}
+                except SisaError:
+                    raise SisaError(f"run {clone.name} has forgotten more than {scenario} at {v:g} (a smaller volume "
+                                    f"asked for after a larger one was served); delete {clone.root} and rerun to serve "
+                                    "every volume again from the trained run") from None
+                summary = self.s.volume_summary(clone.name, v)
+                with progress.phase(clone.name, f"forget {v:g}") as facts:
+                    if any(plan.values()):
+                        for _ in serve_plan(clone, self.opts, plan, batched=True, bar=bar):
+                            pass
+                    cexp = open_run(clone, self.opts, with_images=False)
+                    bad = [r for r in verify(cexp) if not r["ok"]]
+                    if bad:
+                        raise SisaError(f"run {clone.name} fails verification after forgetting ({bad[0]['detail']}); "
+                                        f"delete {clone.root} and rerun")
+                    t = time.perf_counter()
+                    evaluate_run(clone, self.opts, self.summaries, overwrite=True, name=summary, n_boot=self.s.n_boot)
+                    # the step's cost from the log (a step resumed after a crash counts what it served before)
+                    step = {(f, x) for f, p in enumerate(cexp.partitions)
+                            for x in scenarios.forget_set(p, sc, v, seed, f)}
+                    prev = max([u for u in self.s.forget if u < v], default=None)
+                    if prev is not None:
+                        step -= {(f, x) for f, p in enumerate(cexp.partitions)
+                                 for x in scenarios.forget_set(p, sc, prev, seed, f)}
+                    recs = [r for r in read_jsonl(clone.unlearning_log) if (r["fold"], r["face"]) in step]
+                    facts.update(scenario=scenario, volume=v, summary=summary, summaries_dir=str(self.summaries),
+                                 forgotten=int(sum(p["forgotten"].sum() for p in cexp.partitions)), verified=True,
+                                 faces_served=len(recs), faces_x_epochs=sum(r["faces_x_epochs"] for r in recs),
+                                 shard_models_retrained=len({(r["fold"], r["shard"]) for r in recs}),
+                                 baseline_faces_x_epochs=sum(r["baseline_faces_x_epochs"] for r in recs),
+                                 full_faces_x_epochs=sum(r["full_faces_x_epochs"] for r in recs),
+                                 serve_seconds=sum(r["wall_seconds"] for r in recs),
+                                 evaluate_seconds=time.perf_counter() - t)
+                bar.update(self.eval_units(cfg, tested))
+                self.say(f"[{self.clock()}] {clone.name}: forgot {scenario} at {v:g} ({facts['faces_served']:,} more "
+                         f"faces, {facts['shard_models_retrained']} shard model(s) retrained over {cfg.folds} fold(s)), verified "
+                         f"and evaluated in {fmt_s(progress.fact(clone.name, f'forget {v:g}', 'seconds'))}")
 
 
 def throughput(layout: RunLayout, folds: int) -> float:

@@ -57,7 +57,8 @@ PRESETS = {
 }
 PRESET_NAMES = ("auto", *PRESETS)
 ANALYSIS_FIELDS = ("n_boot", "reference_race")                       # change the report only
-RUNS_FIELDS = ("tests", "replicates", "configs", "control", "control_doses", "aa")   # change which runs there are
+RUNS_FIELDS = ("tests", "replicates", "configs", "control", "control_doses", "aa",   # change which runs there are
+               "scenarios", "forget")                                           # ... or which requests they serve
 LABEL_FIELDS = ("name", "preset")                             # name the study; the same values under another preset are the same study
 
 
@@ -84,6 +85,8 @@ class Settings:
     control_doses: tuple[float, ...] = (1.0,)   # label noise on the control race: a control run per dose
     aa: bool = True                             # the A/A arm: uniform-b, a second uniform placement
     reference_race: str | None = None           # the race every gap is measured against (None: --control_race)
+    scenarios: tuple[str, ...] = ()             # request scenarios (scenarios.py), each served at every --forget volume
+    forget: tuple[float, ...] = ()              # volumes: fractions of each fold's training faces, nested
     num_shards: int = 5
     num_slices: int = 3
     control_race: str = "black"
@@ -109,6 +112,21 @@ class Settings:
         if self.aa and "uniform" in tags:
             tags.insert(tags.index("uniform") + 1, "uniform-b")
         return (*tags, *self.controls)
+
+    @property
+    def scenario_configs(self) -> tuple[str, ...]:
+        """The configurations that serve the scenarios: the chosen ones (not the A/A arm or the control)."""
+        return tuple(c for c in self.configs if c in CHOOSABLE) if self.scenarios else ()
+
+    def scenario_run(self, test: str, tag: str, replicate: int, scenario: str) -> str:
+        """The run folder that serves a scenario: a clone of the trained run (experiment.clone_run)."""
+        from ..scenarios import parse
+        return f"{self.run_name(test, tag, replicate)}-{parse(scenario).tag}"
+
+    @staticmethod
+    def volume_summary(scenario_run: str, volume: float) -> str:
+        """The summary of a scenario's run once a volume is forgotten: <run>-<scenario>-forget5 for 5%."""
+        return f"{scenario_run}-forget{100 * volume:g}"
 
     def config(self, tag: str) -> dict:
         if tag in self.controls:
@@ -151,7 +169,7 @@ class Settings:
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "tests": list(self.tests), "configs": list(self.configs),
-                "control_doses": list(self.control_doses)}
+                "control_doses": list(self.control_doses), "scenarios": list(self.scenarios), "forget": list(self.forget)}
 
     @classmethod
     def from_dict(cls, d: dict, fallback: "Settings | None" = None) -> "Settings":
@@ -165,7 +183,8 @@ class Settings:
             raise SisaError(f"study.json lacks {', '.join(missing)} (written by another version); pass --overwrite "
                             "to start the study again, or --name for a separate study")
         return cls(**{**values, "tests": tuple(values["tests"]), "configs": tuple(values.get("configs", POSTER_CONFIGS)),
-                      "control_doses": tuple(values.get("control_doses", (1.0,)))})
+                      "control_doses": tuple(values.get("control_doses", (1.0,))),
+                      "scenarios": tuple(values.get("scenarios", ())), "forget": tuple(values.get("forget", ()))})
 
 
 def replicate_seed(seed: int, replicate: int) -> int:
@@ -218,6 +237,9 @@ def resolve_settings(preset: str, overrides: dict, name: str | None) -> Settings
         base["tests"] = ("balanced", "kfold") if base["tests"] == "both" else (base["tests"],)
     base["tests"] = tuple(base["tests"])
     base["configs"] = tuple(base.get("configs") or POSTER_CONFIGS)
+    for f in ("scenarios", "forget", "control_doses"):
+        if f in base:
+            base[f] = tuple(base[f])
     s = Settings(name=name or preset, preset=preset, **base)
     check_settings(s)
     return s
@@ -241,6 +263,16 @@ def check_settings(s: Settings) -> None:
     if unknown:
         raise SisaError(f"--configs {unknown[0]!r} is invalid: choose from {', '.join(CHOOSABLE)} (uniform-b and the "
                         "control's doses follow --aa, --control and --control_doses)")
+    if bool(s.scenarios) != bool(s.forget):
+        raise SisaError("--scenarios and --forget go together: who asks and how many (for example --scenarios random "
+                        "group:black --forget 0.01 0.05)")
+    from ..scenarios import parse
+    for text in s.scenarios:
+        parse(text)
+    bad = [v for v in s.forget if not 0 < v <= 1]
+    if bad:
+        raise SisaError(f"--forget {bad[0]} is invalid: a volume is a fraction of the training faces above 0 and at "
+                        "most 1 (0.05 for 5%)")
     if s.num_shards * s.num_slices < 2:
         raise SisaError("a study needs SISA configurations of more than one part: raise --num_shards or --num_slices")
     if s.sample and s.sample * s.num_shards * s.num_slices > 10 ** 6:

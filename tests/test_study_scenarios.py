@@ -1,0 +1,101 @@
+"""study.py --scenarios --forget on a tiny real study: every configuration's trained run is copied per
+scenario and forgets each volume on top of the last (the monolith retrained from scratch without the
+faces), each step verified and evaluated; the report's numbers; the runs themselves untouched; a rerun
+does nothing; an impossible volume is refused before training."""
+import json
+
+import pytest
+
+from helpers import call_script, error_line, run_script
+from sisa import scenarios
+from sisa.data import RACES
+from sisa.experiment import Options, open_run
+from sisa.layout import RunLayout
+from sisa.store import read_jsonl
+from test_study import where
+
+SMALL = ["--preset", "cpu", "--configs", "baseline", "uniform", "--no_aa", "--no_control", "--sample", 0, "--epochs", 1,
+         "--image_size", 24, "--folds", 2, "--num_shards", 2, "--num_slices", 2, "--n_boot", 50,
+         "--scenarios", "random", "group:black", "--forget", 0.02, 0.05, "--name", "forget"]
+
+
+@pytest.fixture(scope="module")
+def study(faces_dir, cache_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("forget")
+    out = run_script("study.py", *SMALL, *where(faces_dir, cache_dir, tmp), "--no_progress").stdout
+    return tmp, out
+
+
+def opened(tmp, name):
+    return open_run(RunLayout(tmp / "ck" / name), Options(), with_images=False)
+
+
+@pytest.mark.slow
+def test_each_scenario_forgets_its_faces_on_a_copy_volume_on_top_of_volume(study):
+    tmp, out = study
+    for tag in ("baseline", "uniform"):
+        run = opened(tmp, f"forget-kfold-{tag}")
+        assert not any(p["forgotten"].any() for p in run.partitions)          # the trained run is untouched
+        for sc in ("random", "group:black"):
+            clone = opened(tmp, f"forget-kfold-{tag}-{scenarios.parse(sc).tag}")
+            assert clone.cfg.seed == run.cfg.seed and clone.manifest["cloned_from"] == run.cfg.name
+            log = read_jsonl(clone.layout.unlearning_log)
+            for f, p in enumerate(clone.partitions):
+                small = scenarios.forget_set(p, scenarios.parse(sc), 0.02, run.cfg.seed, f)
+                large = scenarios.forget_set(p, scenarios.parse(sc), 0.05, run.cfg.seed, f)
+                assert set(p.loc[p["forgotten"], "filename"]) == set(large)          # every volume served
+                served = [r["face"] for r in log if r["fold"] == f]
+                assert set(served[:len(small)]) == set(small)                        # the smaller volume first
+                if sc == "group:black":
+                    assert (p.loc[p["forgotten"], "race"] == RACES.index("black")).all()
+            if tag == "baseline":      # the monolith: retrained from scratch without the faces, once per step
+                assert all(r["stages_retrained"] == [0] for r in log)
+            for v in ("2", "5"):
+                assert (tmp / "sum" / f"{clone.cfg.name}-forget{v}-predictions.csv").exists()
+    assert "verified" in run_script("unlearn.py", "--run_dir", tmp / "ck" / "forget-kfold-baseline-group-black",
+                                    "--verify").stdout
+    assert "forget-kfold-uniform-group-black: forgot group:black at 0.05" in out
+
+
+@pytest.mark.slow
+def test_the_report_compares_who_asks_and_prices_each_step(study):
+    tmp, _ = study
+    data = json.loads((tmp / "rep" / "forget" / "report.json").read_text())
+    t = data["tests"]["kfold"]
+    f = t["forgetting"]
+    assert f["scenarios"] == ["random", "group:black"] and f["volumes"] == [0.02, 0.05]
+    assert {"uniform group:black 0.05", "baseline random 0.02"} <= set(t["levels"])
+    fams = t["comparisons"]
+    pairs = {(c["run"], c["phase"], c["reference"], c["reference_phase"]) for c in fams["forgetting: group vs random"]}
+    assert ("uniform", "group:black 0.05", "uniform", "random 0.05") in pairs
+    assert {c["reference"] for c in fams["forgetting: SISA vs retrained monolith"]} == {"baseline"}
+    assert len(fams["forgetting: after vs before"]) == 2 * 2 * 2 * 2      # configs x scenarios x volumes x statistics
+    cost = {(c["config"], c["scenario"], c["volume"]): c for c in f["costs"]}
+    assert cost[("baseline", "random", 0.05)]["speedup_vs_retrained_monolith"] == 1.0
+    assert all(c["faces_served"] > 0 and c["faces_x_epochs"] > 0 and c["shard_models_retrained"] >= 2
+               for c in f["costs"])
+    md = (tmp / "rep" / "forget" / "report.md").read_text()
+    assert "## Many requests: who asks and how many" in md and "| uniform | group:black | 5% |" in md
+    assert "forgetting by volume" in data["figures"]["kfold"]
+    assert (tmp / "rep" / "forget" / data["figures"]["kfold"]["forgetting by volume"]).stat().st_size > 0
+    assert "forget-kfold-uniform-group-black-forget5" in data["predictions"]      # per-face predictions kept
+
+
+@pytest.mark.slow
+def test_a_rerun_does_nothing_and_a_new_scenario_adds_only_its_work(study, faces_dir, cache_dir):
+    tmp, _ = study
+    args = [*SMALL, *where(faces_dir, cache_dir, tmp), "--no_progress"]
+    out = run_script("study.py", *args).stdout
+    assert "forgot" not in out and "] trained" not in out and "report: " in out
+    i = args.index("--scenarios")
+    more = args[:i + 1] + ["random", "group:black", "likelihood"] + args[i + 3:]
+    out = run_script("study.py", *more).stdout
+    assert "] trained" not in out and "forgot likelihood at 0.02" in out and "forgot random" not in out
+
+
+@pytest.mark.slow
+def test_an_impossible_volume_is_refused_before_training(faces_dir, cache_dir, tmp_path):
+    args = [*SMALL[:-8], "--scenarios", "group:other", "--forget", 0.6, "--name", "nope"]
+    line = error_line(call_script("study.py", *args, *where(faces_dir, cache_dir, tmp_path)))
+    assert "group:other has only" in line and "the largest volume it can supply is" in line
+    assert not list((tmp_path / "ck").glob("*/fold-*/shard-*/*.pt"))          # nothing trained
