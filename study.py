@@ -62,6 +62,10 @@ def get_args_parser() -> Parser:
     g.add_argument("--forget", type=share, nargs="+", metavar="VOLUME",
                    help="with --scenarios: fractions of each fold's training faces to forget, nested and served in "
                         "steps, each evaluated (for example 0.01 0.05 0.1; default: none)")
+    g.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help="approximate unlearning of the 1x1 baseline for every scenario and volume, against its exact "
+                        "retraining, with membership inference by race: finetune, neggrad, random-label, scrub "
+                        "(default: none)")
     g.add_argument("--reference_race", choices=("white", "black", "asian", "indian", "other"),
                    help="the race every gap is measured against, fixed before the data are seen (default: --control_race)")
     g.add_argument("--configs", nargs="+", choices=list(CHOOSABLE), default=None,
@@ -122,7 +126,7 @@ def jobs_arg(text: str) -> int | None:
 
 OVERRIDES = ("image_size", "model", "weights", "recipe", "epochs", "slice_epochs", "folds", "tests", "test_per_cell",
              "test_random", "batch_size", "lr", "replicates", "sample", "control", "control_doses", "aa", "reference_race",
-             "scenarios", "forget", "configs", "num_shards", "num_slices", "control_race", "seed", "limit", "n_boot")
+             "scenarios", "forget", "methods", "configs", "num_shards", "num_slices", "control_race", "seed", "limit", "n_boot")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -252,7 +252,105 @@ def forgetting(test: str, sets: dict[str, RunSet], s, faces, values: dict, broke
     if "baseline" in tags:
         family("forgetting: SISA vs retrained monolith", [(t, ph, "baseline", ph) for t in tags if t != "baseline"
                                                           for ph in phases])
-    return {"scenarios": list(s.scenarios), "volumes": vols, "configs": tags, "costs": costs, "runs": names}
+    if s.methods and "baseline" in tags:
+        rs = sets["baseline"]
+        for sc in s.scenarios:
+            for v in vols:
+                for m in s.methods:
+                    phase = f"{m} {sc} {v:g}"
+                    names.setdefault("baseline", {})[phase] = [s.method_summary(test, r, sc, m, v)
+                                                               for r in range(s.replicates)]
+                    preds = [RunSet._pred(rs.summaries_dir, n) for n in names["baseline"][phase]]
+                    values[("baseline", phase)] = N.stack([faces.measures(p, s.reference) for p in preds])
+                    why = next((w for w in map(N.degenerate_run, preds) if w), None)
+                    if why:
+                        broken[("baseline", phase)] = why
+        family("approximate vs retrained", [("baseline", f"{m} {sc} {v:g}", "baseline", f"{sc} {v:g}")
+                                            for m in s.methods for sc in s.scenarios for v in vols])
+    return {"scenarios": list(s.scenarios), "volumes": vols, "configs": tags, "costs": costs, "runs": names,
+            "methods": list(s.methods), "membership": membership(test, sets, s) if s.methods and "baseline" in tags
+            else None}
+
+
+def membership(test: str, sets: dict[str, RunSet], s, retain_sample: int = 5000, n_boot: int = 200) -> dict:
+    """For every scenario and volume: the original baseline, its exact retraining without the faces, and
+    each approximate method — accuracy on the forget, retained and test faces and the membership attack
+    (mia.py) on forget vs test faces, overall and by race, pooled over folds and replicates; each
+    method's gap to retraining, and its cost."""
+    from . import mia, scenarios
+    rs = sets["baseline"]
+    summaries = rs.summaries_dir
+    out = {}
+    for sc in s.scenarios:
+        for v in sorted(s.forget):
+            models = {"original": [rs.names[r] for r in range(s.replicates)],
+                      "retrained": [s.volume_summary(s.scenario_run(test, "baseline", r, sc), v) for r in range(s.replicates)],
+                      **{m: [s.method_summary(test, r, sc, m, v) for r in range(s.replicates)] for m in s.methods}}
+            parts = {}
+            for model, summaries_of in models.items():
+                sides = {"retain": [], "forget": [], "test": []}
+                for r, name in enumerate(summaries_of):
+                    exp = rs.exps[r]
+                    with np.load(SummaryLayout(summaries, name).features) as z:
+                        table = {k: z[k] for k in z.files}
+                    for f, part in enumerate(exp.partitions):
+                        here = table["fold"] == f
+                        rows = table["row"][here]
+                        gone = part["filename"].isin(scenarios.forget_set(part, scenarios.parse(sc), v, exp.cfg.seed, f))
+                        role = part["role"].to_numpy()[rows]
+                        mask = {"forget": gone.to_numpy()[rows], "test": role == "test"}
+                        mask["retain"] = (role == "train") & ~mask["forget"]
+                        for side, m_ in mask.items():
+                            sides[side].append(pd.DataFrame({
+                                "loss": table["loss"][here][m_], "confidence": table["confidence"][here][m_],
+                                "right": table["pred"][here][m_] == part["age_class"].to_numpy()[rows][m_],
+                                "race": part["race"].to_numpy()[rows][m_]}))
+                d = {k: pd.concat(x, ignore_index=True) for k, x in sides.items()}
+                keep = rng_sample(len(d["retain"]), retain_sample, s.seed)
+                d["retain"] = d["retain"].iloc[keep]
+                X = {k: x[["loss", "confidence"]].to_numpy(float) for k, x in d.items()}
+                attack = mia.forgetting(X["retain"], X["forget"], X["test"], d["forget"]["race"].to_numpy(int),
+                                        d["test"]["race"].to_numpy(int), n_boot=n_boot, seed=s.seed)
+                acc = {side: {"all": float(x["right"].mean()),
+                              **{race: float(x.loc[x["race"] == i, "right"].mean()) if (x["race"] == i).any() else None
+                                 for i, race in enumerate(RACES)}} for side, x in d.items()}
+                facts = [rs.progress_of(n).get("approximate", {}) for n in summaries_of] if model in s.methods else []
+                parts[model] = {"attack": attack, "accuracy": acc,
+                                "diverged": any(f_.get("diverged") for f_ in facts),
+                                "image_steps": float(np.mean([f_.get("image_steps", np.nan) for f_ in facts])) if facts else None,
+                                "seconds": float(np.mean([f_.get("seconds", np.nan) for f_ in facts])) if facts else None,
+                                "settings": {k: facts[0].get(k) for k in ("lr", "budget", "alpha", "temperature",
+                                                                          "batch_size")} if facts else None}
+            steps = [rs.progress_of(n).get(f"forget {v:g}", {}) for n in
+                     (s.scenario_run(test, "baseline", r, sc) for r in range(s.replicates))]
+            parts["retrained"]["image_steps"] = float(np.mean([st.get("faces_x_epochs", np.nan) for st in steps]))
+            parts["retrained"]["seconds"] = float(np.mean([st.get("serve_seconds", np.nan) for st in steps]))
+            ref = parts["retrained"]
+            for model, p in parts.items():        # the anchors' average gap to retraining
+                gaps = [abs(p["accuracy"][side]["all"] - ref["accuracy"][side]["all"]) for side in ("forget", "retain", "test")]
+                gaps.append(abs(p["attack"]["logistic"]["auc_forget"] - ref["attack"]["logistic"]["auc_forget"]))
+                p["average_gap_to_retrained"] = float(np.mean(gaps))
+                p["auc_gap_to_retrained_by_race"] = {
+                    race: _num(p["attack"]["logistic"]["by_race"].get(race, {}).get("auc_forget", np.nan)
+                               - ref["attack"]["logistic"]["by_race"].get(race, {}).get("auc_forget", np.nan))
+                    for race in RACES}
+            out[f"{sc} {v:g}"] = {"models": parts, "too_weak": mia.verdict(parts["original"]["attack"])}
+    return _clean(out)
+
+
+def _clean(x):
+    """Plain JSON: tuples as lists, numpy numbers as Python's, non-finite numbers as None."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return _num(x) if isinstance(x, (float, np.floating, np.integer)) else x
+
+
+def rng_sample(n: int, k: int, seed: int) -> np.ndarray:
+    """k of n rows, drawn once from the seed (all of them when k >= n)."""
+    from .seeding import rng
+    return np.arange(n) if k >= n else np.sort(rng(seed, "mia-retain", n).choice(n, k, replace=False))
 
 
 def aggregations(rs: RunSet, summaries_dir: Path) -> dict:

@@ -39,6 +39,11 @@ from .seeding import torch_seed
 
 METHODS = ("finetune", "neggrad", "random-label", "scrub")
 NUM_CLASSES = 7
+# The settings a study uses (fixed in advance, recorded with every result): a tenth of retraining's
+# image-steps each; learning rates for AdamW after the anchors' defaults, gradient ascent ten times
+# gentler than descent (it diverges otherwise)
+DEFAULTS = {"finetune": dict(lr=1e-3), "neggrad": dict(lr=1e-4, alpha=0.99), "random-label": dict(lr=1e-3),
+            "scrub": dict(lr=5e-4, temperature=4.0)}
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,11 @@ class Method:
     batch_size: int = 128
     alpha: float = 0.99         # neggrad: weight of the retained loss
     temperature: float = 4.0    # scrub: softmax temperature of the KL terms
+
+
+def default(name: str, batch_size: int = 128) -> "Method":
+    """The method with the study's settings (DEFAULTS)."""
+    return Method(name, batch_size=batch_size, **DEFAULTS[name])
 
 
 def _forget_labels(labels: torch.Tensor, rows: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -129,3 +139,98 @@ def apply(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, re
     model.eval()
     return {**asdict(method), "diverged": False, "steps": step, "image_steps": seen, "budget_image_steps": budget,
             "seconds": time.perf_counter() - started, "final_loss": float(np.mean(losses[-10:])) if losses else None}
+
+
+# ---- on a run: a fold's monolith unlearned, evaluated, and its faces' features for the attack ----
+def model_logits(model: torch.nn.Module, images: torch.Tensor, rows: np.ndarray, mirrored: bool = False,
+                 batch: int = 512) -> np.ndarray:
+    """(len(rows), 7) logits of one model on rows of the images (eval mode); with `mirrored`, the mean
+    of each face's and its mirror image's (flip test-time augmentation, as evaluate.py)."""
+    from .inputs import mirror, to_input
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for idx in torch.as_tensor(rows, device=images.device).split(batch):
+            x = to_input(images[idx])
+            z = model(x).float()
+            if mirrored:
+                z = (z + model(mirror(x)).float()) / 2
+            out.append(z.cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, NUM_CLASSES), np.float32)
+
+
+def features_table(logits: np.ndarray, labels: np.ndarray, fold: int, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Per face of a fold: its row, the attack's features (mia.features) and the model's top-1."""
+    from .mia import features
+    f = features(logits, labels)
+    return {"fold": np.full(len(rows), fold, np.uint8), "row": rows.astype(np.int32), "loss": f[:, 0].astype(np.float32),
+            "confidence": f[:, 1].astype(np.float32), "pred": logits.argmax(1).astype(np.uint8)}
+
+
+def concat_tables(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+
+
+def fold_features(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, part, fold: int) -> dict:
+    """The features of every face of a fold (training, forgotten and test) under one model."""
+    rows = np.arange(len(part))
+    return features_table(model_logits(model, images, rows), labels.cpu().numpy()[rows], fold, rows)
+
+
+def write_features(path, table: dict[str, np.ndarray]) -> None:
+    import io
+
+    from .store import write_bytes
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **table)
+    write_bytes(path, buf.getvalue())
+
+
+def run_features(exp, trainer, summary) -> None:
+    """The features of every face of every fold under a monolith run's final models, beside its summary."""
+    last = exp.cfg.num_slices - 1
+    tables = [fold_features(trainer.restore(f, 0, last).model, trainer.images, trainer.labels, exp.partitions[f], f)
+              for f in range(exp.cfg.folds)]
+    write_features(summary.features, concat_tables(tables))
+
+
+def unlearn_run(exp, trainer, scenario: str, volume: float, method: Method, summary, seed: int) -> dict:
+    """A method applied to a monolith run's final model of every fold, forgetting a scenario's volume
+    (scenarios.forget_set, the faces exact unlearning forgets); the test faces' predictions and logits
+    written as a summary (predictions.csv, logits.npz, info.json) and every face's features beside it.
+    The run itself is not changed. Returns the method's facts, summed over folds."""
+    import datetime as dt
+
+    import pandas as pd
+
+    from . import scenarios
+    from .evaluation import _test_rows, logits_file, predictions, resolve_tta
+    from .recipe import get_recipe
+    from .store import write_json, write_text
+    cfg, sc = exp.cfg, scenarios.parse(scenario)
+    if cfg.num_shards * cfg.num_slices != 1:
+        raise ValueError("approximate methods start from the 1x1 monolith")
+    mirrored = resolve_tta("auto", cfg.recipe) == "flip"
+    logits, tables, facts = {}, [], []
+    for f, part in enumerate(exp.partitions):
+        gone = set(scenarios.forget_set(part, sc, volume, seed, f))
+        train = (part["role"] == "train").to_numpy()
+        is_gone = part["filename"].isin(gone).to_numpy()
+        model = trainer.restore(f, 0, 0).model
+        facts.append(apply(model, trainer.images, trainer.labels, np.flatnonzero(train & ~is_gone),
+                           np.flatnonzero(is_gone), method, get_recipe(cfg.recipe), cfg.epochs,
+                           (*cfg.stage_keys(f, 0, 0), "approximate")))
+        logits[f] = model_logits(model, trainer.images, _test_rows(exp, f), mirrored)[None]
+        tables.append(fold_features(model, trainer.images, trainer.labels, part, f))
+    pred = pd.concat([predictions(exp, f, logits[f], "sum_logits") for f in logits], ignore_index=True)
+    out = {**asdict(method), "diverged": any(x["diverged"] for x in facts),
+           "image_steps": int(sum(x["image_steps"] for x in facts)), "seconds": float(sum(x["seconds"] for x in facts)),
+           "folds": facts}
+    summary.root.mkdir(parents=True, exist_ok=True)
+    write_text(summary.predictions, pred.to_csv(index=False))
+    from .store import write_bytes
+    write_bytes(summary.logits, logits_file(exp, list(logits), logits, "flip" if mirrored else "none"))
+    write_features(summary.features, concat_tables(tables))
+    write_json(summary.info, {"run": cfg.name, "summary": summary.name, "scenario": scenario, "volume": volume,
+                              "method": out, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    return out

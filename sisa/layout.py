@@ -131,6 +131,7 @@ class SummaryLayout:
     predictions = property(lambda self: self.root / f"{self.name}-predictions.csv")
     info = property(lambda self: self.root / f"{self.name}-info.json")
     logits = property(lambda self: self.root / f"{self.name}-logits.npz")
+    features = property(lambda self: self.root / f"{self.name}-features.npz")   # the attack's, every face of every fold
     aggregations = property(lambda self: self.root / f"{self.name}-aggregations.csv")
     bars = property(lambda self: self.root / f"{self.name}-bars.png")
     heatmap = property(lambda self: self.root / f"{self.name}-heatmap.png")

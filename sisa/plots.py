@@ -158,6 +158,30 @@ def forgetting_curves(rows: list[dict], reference: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+def forgetting_by_race(panels: dict[str, dict[str, dict[str, tuple]]], path: Path) -> Path:
+    """Approximate unlearning: each method's membership AUC on the forget faces minus exact retraining's,
+    by race (points of AUC x 100, with an interval), one panel per scenario and volume.
+    `panels[title][method][race]` = (gap, low, high), fractions; None where there are no faces."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 0.6, 3.8), sharey=True, squeeze=False)
+    for ax, (title_, methods) in zip(axes[0], panels.items()):
+        width = 0.8 / max(1, len(methods))
+        for i, (m, races) in enumerate(methods.items()):
+            x = np.arange(len(RACES)) + (i - (len(methods) - 1) / 2) * width
+            vals = [races.get(r) or (np.nan, np.nan, np.nan) for r in RACES]
+            y = np.array([100 * v[0] if v[0] is not None else np.nan for v in vals], float)
+            lo = np.array([100 * v[1] if v[1] is not None else np.nan for v in vals], float)
+            hi = np.array([100 * v[2] if v[2] is not None else np.nan for v in vals], float)
+            ax.bar(x, y, width, label=m, color=plt.cm.tab10.colors[i % 10])
+            ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="none", ecolor="black", capsize=2, lw=0.8)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(np.arange(len(RACES)), RACES, fontsize=8)
+        ax.set_title(title_, fontsize=9)
+    axes[0][0].set_ylabel("forget-face AUC minus retrained's (x100)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle("Is every race forgotten as well as exact retraining forgets it?", fontsize=10)
+    return _save(fig, path)
+
+
 def dose_response(rows: list[dict], reference: str, path: Path) -> Path:
     """The positive control's change of the gap (points, with its interval) against the dose of label
     noise on the reference race's training faces."""

@@ -99,3 +99,30 @@ def test_an_impossible_volume_is_refused_before_training(faces_dir, cache_dir, t
     line = error_line(call_script("study.py", *args, *where(faces_dir, cache_dir, tmp_path)))
     assert "group:other has only" in line and "the largest volume it can supply is" in line
     assert not list((tmp_path / "ck").glob("*/fold-*/shard-*/*.pt"))          # nothing trained
+
+
+@pytest.mark.slow
+def test_approximate_methods_against_retraining_with_the_attack_by_race(faces_dir, cache_dir, tmp_path):
+    args = [*SMALL[:-8], "--configs", "baseline", "uniform", "--scenarios", "group:black", "--forget", 0.05,
+            "--methods", "finetune", "scrub", "--name", "approx"]
+    out = run_script("study.py", *args, *where(faces_dir, cache_dir, tmp_path), "--no_progress").stdout
+    assert "approx-kfold-baseline-group-black-scrub-forget5: scrub forgot group:black at 0.05" in out
+    data = json.loads((tmp_path / "rep" / "approx" / "report.json").read_text())
+    t = data["tests"]["kfold"]
+    m = t["forgetting"]["membership"]["group:black 0.05"]
+    assert list(m["models"]) == ["original", "retrained", "finetune", "scrub"]
+    for name, p in m["models"].items():
+        a = p["attack"]["logistic"]
+        assert 0 <= a["auc_forget"] <= 1 and a["auc_forget_ci"][0] <= a["auc_forget"] <= a["auc_forget_ci"][1]
+        assert list(a["by_race"]) == ["black"]                     # a group scenario forgets only its race
+        assert p["accuracy"]["forget"]["white"] is None and 0 <= p["accuracy"]["test"]["all"] <= 1
+    assert m["models"]["retrained"]["average_gap_to_retrained"] == 0
+    assert m["models"]["finetune"]["image_steps"] < m["models"]["retrained"]["image_steps"]    # cheaper than exact
+    assert m["too_weak"] is None or "too weak to judge forgetting" in m["too_weak"]
+    pairs = {(c["phase"], c["reference_phase"]) for c in t["comparisons"]["approximate vs retrained"]}
+    assert pairs == {("finetune group:black 0.05", "group:black 0.05"), ("scrub group:black 0.05", "group:black 0.05")}
+    md = (tmp_path / "rep" / "approx" / "report.md").read_text()
+    assert "## Approximate unlearning against exact retraining" in md and "| scrub |" in md
+    assert (tmp_path / "rep" / "approx" / data["figures"]["kfold"]["forgetting by race"]).stat().st_size > 0
+    # the approximate methods never change the trained baseline
+    assert "verified" in run_script("unlearn.py", "--run_dir", tmp_path / "ck" / "approx-kfold-baseline", "--verify").stdout

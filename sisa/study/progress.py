@@ -34,8 +34,10 @@ class Progress:
         return cls(layout, done)
 
     def phases(self, run: str) -> dict:
-        """A run's phase records (a scenario's clone: one "forget <volume>" per step)."""
-        return {k: v for k, v in self.done.get(run, {}).items() if k in PHASES or k.startswith("forget ")}
+        """A run's phase records (a scenario's clone: one "forget <volume>" per step; an approximate
+        method's summary: "approximate")."""
+        return {k: v for k, v in self.done.get(run, {}).items()
+                if k in PHASES or k.startswith("forget ") or k == "approximate"}
 
     def seconds(self) -> float:
         """Seconds of every phase of every run, over all the attempts that ran them."""

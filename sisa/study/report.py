@@ -79,7 +79,7 @@ def render(r: dict) -> str:
             lines += [f"## {v1.TEST_TITLES.get(test, test)}", ""]
         lines += answer(t, s, h) + verdicts(t, h) + accuracy(t, h) + control(t, h) + aa(t, h) + placement(t, h)
         old = h[:-2]                        # sisa/report.py's sections add "##" to the heading they are given
-        lines += forgetting(t, h) + degenerate(t, h) + costs(t, s, h) + [x.replace("mean over seeds", "mean over replicates")
+        lines += forgetting(t, h) + approximate(t, h) + degenerate(t, h) + costs(t, s, h) + [x.replace("mean over seeds", "mean over replicates")
                                                           for x in v1.aggregations(t, old)] + composition(r, t, h)
         lines += [f"{h} Figures", ""] + [f"![{k}]({v})" for k, v in r.get("figures", {}).get(test, {}).items()] + [""]
     lines += [v1.settings_table(r), "", v1.machine_table(r), ""] + method(r)
@@ -197,6 +197,65 @@ def forgetting(t: dict, h: str) -> list[str]:
             "seconds of serving.", "",
             v1.table(["configuration", "scenario", "volume", "faces", "shard models", "faces x epochs",
                       "speed-up vs monolith", "serving", "in seconds"], cost_rows), ""]
+
+
+def race_gaps(mem: dict, method: str) -> dict[str, tuple | None]:
+    """{race: (AUC gap to retrained, low, high)} of a method on one scenario and volume: the two AUCs'
+    interval half-widths added in quadrature (they come from different models)."""
+    a, r = mem["models"][method]["attack"]["logistic"]["by_race"], mem["models"]["retrained"]["attack"]["logistic"]["by_race"]
+    out = {}
+    for race in RACES:
+        if race not in a or race not in r or None in (a[race]["auc_forget"], r[race]["auc_forget"]) \
+                or None in (*a[race]["auc_forget_ci"], *r[race]["auc_forget_ci"]):
+            out[race] = None
+            continue
+        gap = a[race]["auc_forget"] - r[race]["auc_forget"]
+        half = np.hypot(np.diff(a[race]["auc_forget_ci"])[0] / 2, np.diff(r[race]["auc_forget_ci"])[0] / 2)
+        out[race] = (gap, gap - half, gap + half)
+    return out
+
+
+def approximate(t: dict, h: str) -> list[str]:
+    """Approximate methods against exact retraining: accuracy, the membership attack by race, cost."""
+    f = t.get("forgetting") or {}
+    mem = f.get("membership")
+    if not mem:
+        return []
+    out = [f"{h} Approximate unlearning against exact retraining", "",
+           "Each method starts from the trained 1x1 baseline and forgets the scenario's faces within a tenth of "
+           "retraining's image-steps; *retrained* is the baseline trained again from scratch without them (the exact "
+           "reference). The membership attack (logistic regression on each face's loss and confidence, fitted on retained "
+           "training faces against half of the test faces) scores the forget faces against the other half: AUC 0.5 means "
+           "they look like faces the model never saw. Pooled over folds and replicates, 95% bootstrap intervals.", ""]
+    for key, m in mem.items():
+        sc, _, v = key.rpartition(" ")
+        out += [f"**{sc} at {100 * float(v):g}% of the training faces.** "
+                + (f"No forgetting verdict: {m['too_weak']}." if m["too_weak"] else
+                   "The attack tells the original model's forget faces from test faces, so it can judge forgetting."), ""]
+        rows = []
+        for name, p in m["models"].items():
+            a = p["attack"]["logistic"]
+            lo, hi = a["auc_forget_ci"]
+            rows.append([name + (" (DIVERGED)" if p["diverged"] else ""),
+                         *(v1.pct(p["accuracy"][side]["all"]) for side in ("forget", "retain", "test")),
+                         f"{a['auc_forget']:.3f} [{lo:.3f}, {hi:.3f}]" if a["auc_forget"] is not None else "–",
+                         f"{100 * p['average_gap_to_retrained']:.1f}",
+                         "–" if p["image_steps"] is None else f"{p['image_steps']:,.0f}",
+                         v1.secs(p["seconds"])])
+        out += [v1.table(["model", "forget acc. %", "retain acc. %", "test acc. %", "forget AUC [95%]",
+                          "average gap to retrained (points)", "image-steps", "seconds"], rows), ""]
+        race_rows = []
+        for name in m["models"]:
+            if name in ("original", "retrained"):
+                continue
+            g = race_gaps(m, name)
+            race_rows.append([name] + ["–" if g[r] is None else f"{100 * g[r][0]:+.1f} [{100 * g[r][1]:+.1f}, "
+                                       f"{100 * g[r][2]:+.1f}]" for r in RACES])
+        if race_rows:
+            out += ["Forget-face AUC minus retrained's, by race (x100; positive: that race's forgotten faces are still "
+                    "recognisable as members where exact retraining's are not):", "",
+                    v1.table(["method", *RACES], race_rows), ""]
+    return out
 
 
 def accuracy(t: dict, h: str) -> list[str]:
@@ -334,6 +393,16 @@ def figures(layout: StudyLayout, data: dict) -> dict:
             name = f"{test}-forgetting"
             plots.forgetting_curves(rows, t["reference_race"], layout.figure(name))
             figs["forgetting by volume"] = layout.figure(name).name
+        mem = (t.get("forgetting") or {}).get("membership")
+        if mem:
+            panels = {}
+            for key, m in mem.items():
+                sc, _, v = key.rpartition(" ")
+                panels[f"{sc}, {100 * float(v):g}%"] = {n: race_gaps(m, n) for n in m["models"]
+                                                         if n not in ("original", "retrained")}
+            name = f"{test}-forgetting-by-race"
+            plots.forgetting_by_race(panels, layout.figure(name))
+            figs["forgetting by race"] = layout.figure(name).name
         if (t.get("dose_response") or {}).get("doses"):
             name = f"{test}-dose-response"
             plots.dose_response(t["dose_response"]["doses"], t["reference_race"], layout.figure(name))

@@ -124,7 +124,9 @@ class Study:
                 todo.append("unlearning")
             if todo[-1:] == ["unlearning"] or not self.summary_here(summary_name(exp)):
                 todo.append("evaluate after unlearning")
-        todo += [f"forget {sc}" for sc, clone in self.scenarios_of(exp) if self.volumes_left(clone)]
+        todo += [f"forget {sc}" for sc, clone in self.scenarios_of(exp) if self.volumes_left(exp, clone)]
+        if self.methods_left(exp):
+            todo.append("approximate")
         return todo
 
     def scenarios_of(self, exp) -> list[tuple[str, RunLayout]]:
@@ -135,8 +137,20 @@ class Study:
         return [(sc, RunLayout((Path(self.opts.checkpoints_dir) / self.s.scenario_run(*key, sc)).resolve()))
                 for sc in self.s.scenarios]
 
-    def volumes_left(self, clone: RunLayout) -> list[float]:
-        return [v for v in sorted(self.s.forget) if not self.summary_here(self.s.volume_summary(clone.name, v))]
+    def volumes_left(self, exp, clone: RunLayout) -> list[float]:
+        """The volumes whose summary (and, for the baseline of a study with --methods, the retrained
+        model's features for the attack) is not in --summaries_dir."""
+        feats = bool(self.s.methods) and self._keys[exp.cfg.name][1] == "baseline"
+        return [v for v in sorted(self.s.forget) if not self.summary_here(self.s.volume_summary(clone.name, v))
+                or (feats and not SummaryLayout(self.summaries, self.s.volume_summary(clone.name, v)).features.exists())]
+
+    def methods_left(self, exp) -> list[tuple[str, float, str]]:
+        """(scenario, volume, method) whose summary or features are missing, for the baseline run."""
+        key = self._keys.get(exp.cfg.name)
+        if not self.s.methods or key is None or key[1] != "baseline":
+            return []
+        return [(sc, v, m) for sc in self.s.scenarios for v in sorted(self.s.forget) for m in self.s.methods
+                if not SummaryLayout(self.summaries, self.s.method_summary(key[0], key[2], sc, m, v)).features.exists()]
 
     def summary_here(self, summary: str) -> bool:
         """Whether a summary (<run>, or <run>-unlearned<N> after requests) is in --summaries_dir."""
@@ -157,7 +171,10 @@ class Study:
             left += self.unlearning_units(exp)
         for sc, clone in self.scenarios_of(exp):
             if f"forget {sc}" in todo:
-                left += sum(self.volume_units(exp, sc, v) + self.eval_units(cfg, tested) for v in self.volumes_left(clone))
+                left += sum(self.volume_units(exp, sc, v) + self.eval_units(cfg, tested) for v in self.volumes_left(exp, clone))
+        if "approximate" in todo:      # each method: a tenth of retraining, then every face through the model
+            train = sum(int((p["role"] == "train").sum()) for p in exp.partitions)
+            left += len(self.methods_left(exp)) * (train * cfg.epochs // 10 + (train + tested) // 3)
         return left
 
     def volume_units(self, exp, scenario: str, volume: float) -> int:
@@ -471,6 +488,31 @@ class Study:
         for sc, clone in self.scenarios_of(exp):
             if f"forget {sc}" in todo:
                 self.forget(exp, sc, clone, progress, bar)
+        if "approximate" in todo:
+            self.approximate(exp, progress, bar)
+
+    def approximate(self, exp, progress: Progress, bar) -> None:
+        """Every --methods entry applied to the baseline's trained models for every scenario and volume
+        (approximate.unlearn_run), and the original models' features for the attack."""
+        from ..approximate import default, run_features, unlearn_run
+        from ..experiment import open_run
+        from ..training import Trainer
+        full = open_run(exp.layout, self.opts, with_images=True)
+        trainer = Trainer(full, self.opts)
+        original = SummaryLayout(self.summaries, exp.cfg.name)
+        if not original.features.exists():
+            run_features(full, trainer, original)
+        train = sum(int((p["role"] == "train").sum()) for p in exp.partitions)
+        tested = sum(int((p["role"] == "test").sum()) for p in exp.partitions)
+        for sc, v, m in self.methods_left(exp):
+            test, _, r = self._keys[exp.cfg.name]
+            summary = SummaryLayout(self.summaries, self.s.method_summary(test, r, sc, m, v))
+            with progress.phase(summary.name, "approximate") as facts:
+                facts.update(unlearn_run(full, trainer, sc, v, default(m, exp.cfg.batch_size), summary, full.cfg.seed))
+            bar.update(train * exp.cfg.epochs // 10 + (train + tested) // 3)
+            self.say(f"[{self.clock()}] {summary.name}: {m} forgot {sc} at {v:g} "
+                     f"({'DIVERGED, ' if facts['diverged'] else ''}{facts['image_steps']:,} image-steps) in "
+                     f"{fmt_s(progress.fact(summary.name, 'approximate', 'seconds'))}")
 
     def forget(self, exp, scenario: str, clone: RunLayout, progress: Progress, bar) -> None:
         """Serve a scenario's volumes on its clone of the run, smallest first, each on top of the last:
@@ -487,7 +529,7 @@ class Study:
         tested = sum(int((p["role"] == "test").sum()) for p in exp.partitions)
         with run_lock(clone.lock, "study.py"):
             finish_and_report(clone, bar.write)
-            for v in self.volumes_left(clone):
+            for v in self.volumes_left(exp, clone):
                 cexp = open_run(clone, self.opts, with_images=False)
                 seed = cexp.cfg.seed
                 try:
@@ -508,6 +550,11 @@ class Study:
                                         f"delete {clone.root} and rerun")
                     t = time.perf_counter()
                     evaluate_run(clone, self.opts, self.summaries, overwrite=True, name=summary, n_boot=self.s.n_boot)
+                    if self.s.methods and self._keys[exp.cfg.name][1] == "baseline":   # the exact target's features
+                        from ..approximate import run_features
+                        from ..training import Trainer
+                        full = open_run(clone, self.opts, with_images=True)
+                        run_features(full, Trainer(full, self.opts), SummaryLayout(self.summaries, summary))
                     # the step's cost from the log (a step resumed after a crash counts what it served before)
                     step = {(f, x) for f, p in enumerate(cexp.partitions)
                             for x in scenarios.forget_set(p, sc, v, seed, f)}

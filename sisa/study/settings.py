@@ -58,7 +58,7 @@ PRESETS = {
 PRESET_NAMES = ("auto", *PRESETS)
 ANALYSIS_FIELDS = ("n_boot", "reference_race")                       # change the report only
 RUNS_FIELDS = ("tests", "replicates", "configs", "control", "control_doses", "aa",   # change which runs there are
-               "scenarios", "forget")                                           # ... or which requests they serve
+               "scenarios", "forget", "methods")                                           # ... or which requests they serve
 LABEL_FIELDS = ("name", "preset")                             # name the study; the same values under another preset are the same study
 
 
@@ -87,6 +87,7 @@ class Settings:
     reference_race: str | None = None           # the race every gap is measured against (None: --control_race)
     scenarios: tuple[str, ...] = ()             # request scenarios (scenarios.py), each served at every --forget volume
     forget: tuple[float, ...] = ()              # volumes: fractions of each fold's training faces, nested
+    methods: tuple[str, ...] = ()               # approximate unlearning of the baseline (approximate.py)
     num_shards: int = 5
     num_slices: int = 3
     control_race: str = "black"
@@ -122,6 +123,10 @@ class Settings:
         """The run folder that serves a scenario: a clone of the trained run (experiment.clone_run)."""
         from ..scenarios import parse
         return f"{self.run_name(test, tag, replicate)}-{parse(scenario).tag}"
+
+    def method_summary(self, test: str, replicate: int, scenario: str, method: str, volume: float) -> str:
+        """The summary of an approximate method applied to the baseline for a scenario's volume."""
+        return self.volume_summary(f"{self.scenario_run(test, 'baseline', replicate, scenario)}-{method}", volume)
 
     @staticmethod
     def volume_summary(scenario_run: str, volume: float) -> str:
@@ -169,7 +174,7 @@ class Settings:
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "tests": list(self.tests), "configs": list(self.configs),
-                "control_doses": list(self.control_doses), "scenarios": list(self.scenarios), "forget": list(self.forget)}
+                "control_doses": list(self.control_doses), "scenarios": list(self.scenarios), "forget": list(self.forget), "methods": list(self.methods)}
 
     @classmethod
     def from_dict(cls, d: dict, fallback: "Settings | None" = None) -> "Settings":
@@ -184,7 +189,8 @@ class Settings:
                             "to start the study again, or --name for a separate study")
         return cls(**{**values, "tests": tuple(values["tests"]), "configs": tuple(values.get("configs", POSTER_CONFIGS)),
                       "control_doses": tuple(values.get("control_doses", (1.0,))),
-                      "scenarios": tuple(values.get("scenarios", ())), "forget": tuple(values.get("forget", ()))})
+                      "scenarios": tuple(values.get("scenarios", ())), "forget": tuple(values.get("forget", ())),
+                      "methods": tuple(values.get("methods", ()))})
 
 
 def replicate_seed(seed: int, replicate: int) -> int:
@@ -237,7 +243,7 @@ def resolve_settings(preset: str, overrides: dict, name: str | None) -> Settings
         base["tests"] = ("balanced", "kfold") if base["tests"] == "both" else (base["tests"],)
     base["tests"] = tuple(base["tests"])
     base["configs"] = tuple(base.get("configs") or POSTER_CONFIGS)
-    for f in ("scenarios", "forget", "control_doses"):
+    for f in ("scenarios", "forget", "control_doses", "methods"):
         if f in base:
             base[f] = tuple(base[f])
     s = Settings(name=name or preset, preset=preset, **base)
@@ -266,6 +272,12 @@ def check_settings(s: Settings) -> None:
     if bool(s.scenarios) != bool(s.forget):
         raise SisaError("--scenarios and --forget go together: who asks and how many (for example --scenarios random "
                         "group:black --forget 0.01 0.05)")
+    if s.methods and not s.scenarios:
+        raise SisaError("--methods need --scenarios and --forget: which faces to forget, approximately and exactly")
+    from ..approximate import METHODS
+    bad = [m for m in s.methods if m not in METHODS]
+    if bad:
+        raise SisaError(f"--methods {bad[0]!r} is invalid: choose from {', '.join(METHODS)}")
     from ..scenarios import parse
     for text in s.scenarios:
         parse(text)
