@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from sisa.layout import StudyLayout  # noqa: E402
 from sisa.store import write_json  # noqa: E402
 
 WORK = ROOT / "benchmarks" / "runs" / "sisa-cost"
@@ -46,7 +47,7 @@ def study(epochs: int, batch: int, seed: int, limit: int | None) -> tuple[dict, 
     proc = subprocess.run(cmd, cwd=ROOT)
     if proc.returncode:
         sys.exit(f"sisa_cost: the study of point {epochs}:{batch} failed ({proc.returncode}); rerun to resume it")
-    return json.loads((WORK / "reports" / name / "report.json").read_text()), time.perf_counter() - start
+    return json.loads(StudyLayout(WORK / "reports" / name).report_json.read_text()), time.perf_counter() - start
 
 
 def summarise(report: dict) -> dict:

@@ -224,7 +224,8 @@ def clone_run(src: RunLayout, dest: RunLayout) -> None:
     everything else is copied, the unlearning folder and the lock left out; the config and run.json
     carry the new name. Nothing else differs: seeds, partitions and hashes are the run's. A clone
     made from a run that served requests would inherit them, so that is refused."""
-    if any(read_partition(p)["forgotten"].any() for p in sorted(src.root.glob("fold-*/partition.csv"))):
+    cfg = RunConfig.from_dict(read_json(src.config))
+    if any(read_partition(src.partition(k))["forgotten"].any() for k in range(cfg.folds)):
         raise SisaError(f"run {src.name} has served requests; a clone must start from the trained run (train it again "
                         "under another name)")
     tmp = dest.root.with_name(dest.root.name + ".cloning")
@@ -240,9 +241,8 @@ def clone_run(src: RunLayout, dest: RunLayout) -> None:
         shutil.copy2(a, b)
     shutil.copytree(src.root, tmp, copy_function=link_or_copy,
                     ignore=lambda d, names: [n for n in names if n in ("LOCK", "unlearning") or ".tmp" in n])
-    cfg = dataclasses.replace(RunConfig.from_dict(read_json(src.config)), run_name=dest.root.name)
-    write_json(tmp / "config.json", cfg.to_dict())
-    write_json(tmp / "run.json", {**read_json(src.manifest), "name": dest.root.name, "cloned_from": src.name})
+    write_json(tmp / src.config.name, dataclasses.replace(cfg, run_name=dest.root.name).to_dict())
+    write_json(tmp / src.manifest.name, {**read_json(src.manifest), "name": dest.root.name, "cloned_from": src.name})
     os.replace(tmp, dest.root)
 
 
