@@ -214,7 +214,7 @@ def choose_preset(preset: str, device: str) -> tuple[str, str]:
         return preset, "asked for"
     from ..device import wants_cuda
     if not wants_cuda(device):
-        return "cpu", "no CUDA GPU here: the CPU preset finishes in about a quarter of an hour on 2 cores"
+        return "cpu", "no CUDA GPU here: the CPU preset (--dry_run estimates its time on this machine)"
     if imagenet_weights_cached():
         return "poster", "a CUDA GPU and the ImageNet ResNet-18 weights are here: the poster's settings"
     return "gpu", ("a CUDA GPU but no ImageNet weights in the torch cache (no internet needed then): the GPU "
