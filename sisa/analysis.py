@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import stats
 from .data import AGE_CLASSES, RACES
 from .evaluation import composition_shares, summary_name
 from .experiment import Options, open_run, versions
@@ -31,7 +30,6 @@ POSTER_COMPOSITION = {"high unlearning likelihood": [42.9, 16.9, 15.1, 18.1, 7.0
                       "low unlearning likelihood": [42.4, 19.8, 14.3, 16.3, 7.2]}
 PLACEMENTS = ("few-shards", "later-slices")
 BATCHES = (5, 20)
-COLLAPSED = 0.10          # an age class below 10% top-1 in some group is shown class by class
 
 
 def _records(table: pd.DataFrame) -> dict:
@@ -137,66 +135,6 @@ def analyse_replicates(test: str, sets: dict[str, RunSet], s) -> dict:
             "unlearning": {tag: unlearning(rs) for tag, rs in sets.items() if rs.sisa},
             "composition": _records(composition_shares(sets.get("later-slices", sets["baseline"]).exps[0].partitions)),
             "runs": {tag: {"before": rs.names, "after": rs.after_names} for tag, rs in sets.items()}}
-
-
-def analyse_test(test: str, sets: dict[str, RunSet], n_boot: int, control_race: str) -> dict:
-    faces = stats.test_faces(sets["baseline"].before[0])
-    reps = stats.Replicates(faces, test, n_boot)
-    acc, acc_after, seeds_level = {}, {}, {}
-    for tag, rs in sets.items():
-        draws = stats.seed_draws(len(rs.names), n_boot, f"{test}/{tag}")
-        per_seed = [reps.group_acc(stats.hits(p, faces)) for p in rs.before]
-        acc[tag] = stats.combine_seeds(per_seed, draws)
-        seeds_level[tag] = stats.level_stats(np.stack([a[0] for a in per_seed]))
-        if rs.after is not None:
-            acc_after[tag] = stats.combine_seeds([reps.group_acc(stats.hits(p, faces)) for p in rs.after], draws)
-    result = {"faces": {"tested": len(faces), "per_race": {r: int((faces["race"] == i).sum()) for i, r in enumerate(RACES)},
-                        "folds": int(faces["fold"].nunique())},
-              "levels": {tag: _records(stats.level_table(stats.level_stats(a), seeds_level[tag])) for tag, a in acc.items()},
-              "per_class": {tag: per_class(reps, sets[tag], faces) for tag in sets},
-              "contrasts": contrast_families(acc, acc_after, control_race),
-              "aggregations": {tag: aggregations(rs, rs.summaries_dir) for tag, rs in sets.items() if rs.sisa},
-              "unlearning": {tag: unlearning(rs) for tag, rs in sets.items() if rs.sisa},
-              "composition": _records(composition_shares(sets.get("later-slices", sets["baseline"]).exps[0].partitions)),
-              "runs": {tag: {"before": rs.names, "after": rs.after_names} for tag, rs in sets.items()}}
-    if acc_after:
-        result["levels_after"] = {tag: _records(stats.level_table(stats.level_stats(a))) for tag, a in acc_after.items()}
-    result["collapsed"] = [{"config": tag, "group": g, "age_class": c, "top1": v}
-                           for tag, t in result["per_class"].items() for g, row in t.items() for c, v in row.items()
-                           if v is not None and v < COLLAPSED]
-    return result
-
-
-def contrast_families(acc: dict, acc_after: dict, control_race: str) -> dict:
-    """Every comparison, each split into its two Holm families with verdicts (stats.families), as
-    report.json holds them: {family: [stats.Contrast.to_dict()]}. `acc` and `acc_after` are the (B+1, 6)
-    accuracies of each configuration before and after unlearning (configurations without served requests
-    have none after). The diagnostics (control, segregated) are built against one race, so their worst
-    race is that one, fixed in advance."""
-    families = {}
-    if "uniform" in acc:
-        best, worst = stats.reference_identities(acc["uniform"])
-        families |= stats.families("placement vs uniform", [c for t in PLACEMENTS if t in acc for c in
-                                                            stats.contrasts(t, "uniform", acc[t], acc["uniform"], best, worst)])
-        for diag in ("control", "segregated"):        # diagnostics: each its own families
-            if diag in acc:
-                families |= stats.families(f"{diag} vs uniform", stats.contrasts(
-                    diag, "uniform", acc[diag], acc["uniform"], best if best != control_race else worst, control_race))
-    best, worst = stats.reference_identities(acc["baseline"])
-    families |= stats.families("vs baseline", [c for t in acc if t != "baseline"
-                                               for c in stats.contrasts(t, "baseline", acc[t], acc["baseline"], best, worst)])
-    after = [c for t, a in acc_after.items()           # each run against itself before, its own identities
-             for c in stats.contrasts(t, t, a, acc[t], *stats.reference_identities(acc[t]), phase="after")]
-    if after:
-        families |= stats.families("after vs before unlearning", after)
-    return {k: [c.to_dict() for c in v] for k, v in families.items()}
-
-
-def per_class(reps: stats.Replicates, rs: RunSet, faces: pd.DataFrame) -> dict:
-    """Top-1 per group and age class (mean over seeds, before unlearning)."""
-    tables = [reps.class_acc(stats.hits(p, faces)) for p in rs.before]
-    mean = np.nanmean(np.stack(tables), axis=0) if len(tables) > 1 else tables[0]
-    return {g: {c: _num(mean[i, j]) for j, c in enumerate(AGE_CLASSES)} for i, g in enumerate(stats.GROUPS)}
 
 
 def forgetting(test: str, sets: dict[str, RunSet], s, faces, values: dict, broken: dict, fams: dict) -> dict | None:

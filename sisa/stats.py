@@ -1,15 +1,11 @@
-"""The study's statistics: accuracy by group with intervals that include training noise, paired
-contrasts between configurations, verdicts that say "inconclusive" when they cannot tell, and
-multiplicity control.
+"""The statistics of one run against another on shared test faces (`evaluate.py --compare`, the
+recipe benchmarks) and of the reports written before replicates (reports/published/): accuracy by
+group with intervals over test faces, paired contrasts, verdicts that say "inconclusive" when they
+cannot tell, and multiplicity control. A study of replicates has its own (intervals.py,
+study/numbers.py): the training seeds these reports bootstrapped are what its replicates replace.
 
-Every run of a study (a configuration trained with one training seed, before or after unlearning)
-is tested on the same faces, so comparisons are paired. Intervals come from one bootstrap:
-
-  test faces   resampled within their strata (race x age class, per fold), with weights shared by
-               every run: the same resample of faces for all configurations (paired);
-  seeds        a configuration's training seeds resampled with replacement, independently per
-               configuration (a placement's seed k and uniform's seed k share nothing); a run after
-               unlearning shares its seed draw with the same run before (paired).
+Runs tested on the same faces are compared paired; intervals come from resampling the test faces
+within their strata (race x age class, per fold), with weights shared by every run.
 
 Accuracy is the study's top-1: the mean of the age classes' accuracies within a group, per fold,
 then the mean over folds (and over seeds). Statistics of accuracies by race:
@@ -126,22 +122,6 @@ class Replicates:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.nanmean(np.stack(per_fold), axis=0)
-
-
-def seed_draws(n_seeds: int, n_boot: int, key: str, seed: int = 0) -> np.ndarray:
-    """(B+1, n_seeds) indices of the seeds each replicate averages: row 0 all seeds once, the other
-    rows drawn with replacement (from a stream named by `key`, e.g. the configuration)."""
-    draws = np.empty((n_boot + 1, n_seeds), dtype=int)
-    draws[0] = np.arange(n_seeds)
-    draws[1:] = rng(seed, "seed-bootstrap", key).integers(n_seeds, size=(n_boot, n_seeds))
-    return draws
-
-
-def combine_seeds(per_seed: list[np.ndarray], draws: np.ndarray) -> np.ndarray:
-    """Replicates (B+1, k) of a configuration from its seeds' replicates [(B+1, k)] and seed draws."""
-    stack = np.stack(per_seed)                                  # (S, B+1, k)
-    rows = np.arange(stack.shape[1])[:, None]                   # (B+1, 1)
-    return stack[draws, rows].mean(axis=1)                      # (B+1, k)
 
 
 # ---- statistics of group accuracies -------------------------------------------------------------

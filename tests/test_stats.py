@@ -92,27 +92,6 @@ def test_a_clear_change_and_an_inconclusive_one_in_one_family():
     assert 0.03 < small_c.detectable < 0.2
 
 
-def test_intervals_include_the_spread_between_training_seeds():
-    """Two seeds that disagree completely: one right on every face, one wrong on every face. Resampling
-    faces alone cannot see it; resampling seeds gives replicates of 0, 1/2 and 1."""
-    faces = toy_faces(10, 10)
-    reps = stats.Replicates(faces, "kfold", n_boot=400)
-    right, wrong = reps.group_acc(np.ones(len(faces), bool)), reps.group_acc(np.zeros(len(faces), bool))
-    draws = stats.seed_draws(2, 400, "toy")
-    combined = stats.combine_seeds([right, wrong], draws)
-    assert combined[0, 0] == 0.5                                          # the estimate: the mean of the seeds
-    assert set(np.unique(combined[1:, 0])) == {0.0, 0.5, 1.0}
-    table = stats.level_table(stats.level_stats(combined),
-                              stats.level_stats(np.stack([right[0], wrong[0]])))
-    assert table.loc["top1 random", "ci_low"] == 0 and table.loc["top1 random", "ci_high"] == 1
-    assert table.loc["top1 random", "seed_sd"] == pytest.approx(np.sqrt(0.5))
-    one = stats.level_table(stats.level_stats(right))                    # one seed: faces only, no spread
-    assert one.loc["top1 random", "ci_low"] == one.loc["top1 random", "ci_high"] == 1
-    assert np.isnan(one.loc["top1 random", "seed_sd"])
-    # the same draws for a run after unlearning keep before/after paired
-    assert (stats.seed_draws(2, 400, "toy") == draws).all() and not (stats.seed_draws(2, 400, "other") == draws).all()
-
-
 def test_the_gap_level_uses_a_basic_interval():
     faces = toy_faces(50, 50)
     reps = stats.Replicates(faces, "kfold", n_boot=400)
