@@ -128,3 +128,19 @@ def test_the_smoke_timer_runs_the_readmes_own_smoke_line():
     import study
     args = study.get_args_parser().parse_args(command[2:])
     assert args.name == "smoke" and args.limit
+
+
+@pytest.mark.slow
+def test_membership_benchmark_measures_how_visible_training_faces_are(faces_dir, cache_dir, tmp_path):
+    run_script("train.py", "--num_shards", 1, "--num_slices", 1, "--strategy", "random-balanced", "--folds", 2,
+               "--epochs", 1, "--image_size", 24, "--model", "cnn", "--test_per_cell", 2, "--test_random", 10,
+               "--data_dir", faces_dir, "--cache_dir", cache_dir, "--checkpoints_dir", tmp_path / "ck")
+    out = tmp_path / "membership.json"
+    p = run_script("benchmarks/membership.py", "--runs", tmp_path / "ck" / "random-balanced-slice-1x1", "--n_boot", 20,
+                   "--out", out, no_progress=False)
+    assert "logistic AUC" in p.stdout
+    r = json.loads(out.read_text())["runs"][0]
+    assert r["epochs"] == 1 and r["folds"] == 2 and 0 <= r["test_accuracy"] <= 1
+    for attack in ("threshold", "logistic"):
+        a = r["attacks"][attack]
+        assert a["interval"][0] <= a["auc_members_vs_test"] <= a["interval"][1] and set(a["by_race"]) <= set(r["races"])
