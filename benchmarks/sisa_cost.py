@@ -36,18 +36,19 @@ def point(text: str) -> tuple[int, int]:
     return epochs, batch
 
 
-def study(epochs: int, batch: int, seed: int, limit: int | None) -> tuple[dict, float]:
-    """Run (or finish) the point's study; its report and the wall seconds this call took."""
+def study(epochs: int, batch: int, seed: int, limit: int | None, work: Path = WORK, extra: tuple = ()) -> tuple[dict, float]:
+    """Run (or finish) the point's study in `work`; its report and the wall seconds this call took."""
     name = f"sisa-cost-e{epochs}-b{batch}" + (f"-n{limit}" if limit else "")
     cmd = [sys.executable, str(ROOT / "study.py"), "--preset", "cpu", "--configs", "baseline", "uniform", "--no_aa",
            "--no_control", "--sample", "0", "--epochs", str(epochs), "--batch_size", str(batch), "--seed", str(seed),
-           "--name", name, "--reports_dir", str(WORK / "reports"), "--checkpoints_dir", str(WORK / "checkpoints"),
-           "--summaries_dir", str(WORK / "summaries"), "--no_progress"] + (["--limit", str(limit)] if limit else [])
+           "--name", name, "--reports_dir", str(work / "reports"), "--checkpoints_dir", str(work / "checkpoints"),
+           "--summaries_dir", str(work / "summaries"), "--no_progress", *map(str, extra)] + \
+        (["--limit", str(limit)] if limit else [])
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT)
     if proc.returncode:
         sys.exit(f"sisa_cost: the study of point {epochs}:{batch} failed ({proc.returncode}); rerun to resume it")
-    return json.loads(StudyLayout(WORK / "reports" / name).report_json.read_text()), time.perf_counter() - start
+    return json.loads(StudyLayout(work / "reports" / name).report_json.read_text()), time.perf_counter() - start
 
 
 def summarise(report: dict) -> dict:
@@ -78,11 +79,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the studies' seed")
     p.add_argument("--limit", type=int, default=None, help="a stratified subsample (a quick look, not the measurement)")
     p.add_argument("--out", type=Path, required=True, help="the JSON to write (points already in it are kept)")
+    p.add_argument("--work", type=Path, default=WORK, help=f"where the studies live (default {WORK})")
+    p.add_argument("--study_args", nargs=argparse.REMAINDER, default=[],
+                   help="further study.py flags for every point (for example --data_dir DIR --folds 2), last")
     a = p.parse_args(argv)
     old = json.loads(a.out.read_text()) if a.out.exists() else {}
     rows = {r["point"]: r for r in old.get("points", [])}
     for epochs, batch in a.points:
-        report, wall = study(epochs, batch, a.seed, a.limit)
+        report, wall = study(epochs, batch, a.seed, a.limit, a.work, tuple(a.study_args))
         rows[f"{epochs}:{batch}"] = {"point": f"{epochs}:{batch}", "epochs": epochs, "batch_size": batch,
                                      "wall_seconds_this_call": round(wall, 1), "settings": report["settings"],
                                      **summarise(report)}

@@ -144,3 +144,17 @@ def test_membership_benchmark_measures_how_visible_training_faces_are(faces_dir,
     for attack in ("threshold", "logistic"):
         a = r["attacks"][attack]
         assert a["interval"][0] <= a["auc_members_vs_test"] <= a["interval"][1] and set(a["by_race"]) <= set(r["races"])
+
+
+@pytest.mark.slow
+def test_sisa_cost_benchmark_reads_each_points_study(faces_dir, cache_dir, tmp_path):
+    out = tmp_path / "cost.json"
+    p = run_script("benchmarks/sisa_cost.py", "--points", "1:64", "--out", out, "--work", tmp_path / "work",
+                   "--study_args", "--data_dir", faces_dir, "--cache_dir", cache_dir, "--folds", 2, "--num_shards", 2,
+                   "--num_slices", 2, "--image_size", 24, "--n_boot", 20, no_progress=False)
+    assert "1:64: baseline" in p.stdout
+    point = json.loads(out.read_text())["points"][0]
+    assert point["epochs"] == 1 and point["batch_size"] == 64 and point["settings"]["epochs"] == 1
+    assert 0 < point["baseline"]["accuracy"]["value"] <= 100 and 0 < point["uniform"]["accuracy"]["value"] <= 100
+    assert "accuracy_overall" in point["sisa_cost"] and set(point["seconds"]) == {
+        "sisa-cost-e1-b64-kfold-baseline", "sisa-cost-e1-b64-kfold-uniform"}
