@@ -93,6 +93,15 @@ def test_a_degenerate_configuration_gets_no_verdict_anywhere(monkeypatch):
     assert "## Degenerate runs (no verdict)" in md and "later slices no verdict" in md
 
 
+def test_a_control_that_cannot_be_judged_is_not_called_undetected(monkeypatch):
+    zero = (0.0, 0.0, 0.0, 0.0, 0.0)
+    d = data(monkeypatch, {**SKILL, "control": zero, "control-50": zero})
+    md = study_report.render(d)
+    assert "nothing can be said: no control dose could be judged" in md and "detected none" not in md
+    assert f"the smallest control dose it detected is {100 * data(monkeypatch)['tests']['kfold']['dose_response']['smallest_detected']:g}%" \
+        in study_report.render(data(monkeypatch))
+
+
 def test_results_md_reads_a_study_of_replicates(monkeypatch, tmp_path):
     d = data(monkeypatch, replicates=2)
     layout = StudyLayout(tmp_path / "toy")

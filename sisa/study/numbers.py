@@ -129,8 +129,10 @@ def aa_false_positives(values: dict, broken: dict, replicates: int) -> dict:
 
 def dose_response(comparisons: list[Comparison], doses: dict[str, float]) -> dict:
     """The control's primary change by dose, and the smallest dose the study detected (None: none)."""
-    rows = sorted(({"dose": doses[c.run], "change": c.change, "ci_low": c.ci_low_adjusted, "ci_high": c.ci_high_adjusted,
-                    "outcome": c.outcome, "verdict": c.verdict} for c in comparisons
+    def num(x: float) -> float | None:         # no verdict (a degenerate run): no numbers either
+        return float(x) if np.isfinite(x) else None
+    rows = sorted(({"dose": doses[c.run], "change": num(c.change), "ci_low": num(c.ci_low_adjusted),
+                    "ci_high": num(c.ci_high_adjusted), "outcome": c.outcome, "verdict": c.verdict} for c in comparisons
                    if c.run in doses and c.statistic == PRIMARY), key=lambda r: r["dose"])
     seen = [r["dose"] for r in rows if r["outcome"] in ("higher", "lower")]
     return {"doses": rows, "smallest_detected": min(seen) if seen else None}

@@ -127,8 +127,11 @@ def answer(t: dict, s: dict, h: str) -> list[str]:
     dr = t.get("dose_response") or {}
     if dr.get("doses"):
         small = dr["smallest_detected"]
-        out.append("- **What this study detects**: the smallest control dose it detected is "
-                   + (f"{100 * small:g}%" if small is not None else "none of those it ran") +
+        judged = [d for d in dr["doses"] if d["outcome"] != "none"]
+        out.append("- **What this study detects**: "
+                   + (f"the smallest control dose it detected is {100 * small:g}%" if small is not None else
+                      "it detected none of the control doses it ran" if judged else
+                      "nothing can be said: no control dose could be judged (degenerate runs, below)") +
                    (f"; the A/A arm was called different in {t['aa']['false_positives']} of {t['aa']['replicates']} "
                     "replicate(s) judged alone (faces' error only)" if t.get("aa") else "") + ".")
     return out + [""]
