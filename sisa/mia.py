@@ -138,6 +138,9 @@ def verdict(original: dict, kind: str = "logistic") -> str | None:
     lo = original[kind]["auc_forget_ci"][0]
     if np.isfinite(lo) and lo > 0.5:
         return None
+    lo_r, hi_r = original[kind]["auc_retain_ci"]
     return (f"the {kind} attack cannot tell the original model's forget faces from test faces (AUC "
             f"{original[kind]['auc_forget']:.3f}, interval from {lo:.3f}): too weak to judge forgetting at this "
-            "training budget")
+            f"training budget; on all retained training faces against test faces it reaches "
+            f"{original[kind]['auc_retain']:.3f} [{lo_r:.3f}, {hi_r:.3f}], how visible membership is after this much "
+            "training (benchmarks/membership.py measures it for longer training)")
