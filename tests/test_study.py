@@ -15,7 +15,7 @@ from helpers import call_script, error_line, run_script
 from sisa.layout import PROJECT_ROOT
 from sisa.study import load_study
 from sisa.study.report import render
-from sisa.study import Settings, resolve_settings
+from sisa.study import PRESETS, Settings, resolve_settings
 
 TINY = ["--preset", "cpu", "--configs", "baseline", "uniform", "later-slices", "--epochs", 1, "--image_size", 24,
         "--folds", 2, "--num_shards", 2, "--num_slices", 2, "--sample", 1, "--n_boot", 50]
@@ -235,7 +235,7 @@ def test_bad_study_input_is_one_clear_line(tmp_path, args, message):
 
 def test_presets_and_overrides_resolve_to_complete_settings():
     s = resolve_settings("cpu", {"replicates": 3, "tests": "both", "epochs": None}, None)
-    assert s.name == "cpu" and s.replicates == 3 and s.tests == ("balanced", "kfold") and s.epochs == 4
+    assert s.name == "cpu" and s.replicates == 3 and s.tests == ("balanced", "kfold") and s.epochs == PRESETS["cpu"]["epochs"] == 12
     assert s.all_configs == ("baseline", "uniform", "uniform-b", "few-shards", "later-slices", "control")
     assert Settings.from_dict(json.loads(json.dumps(s.to_dict()))) == s
     cfg = s.run_config("kfold", "later-slices", 2)
