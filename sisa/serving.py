@@ -96,8 +96,8 @@ def serve_requests(run: str | Path | RunLayout, opts: Options, requests: str | P
                     f"{r['speedup_vs_baseline']:.2f}x faster than the 1x1 baseline), {r['wall_seconds']:.1f} s")
             elif left == 0:                 # a batch: one line, for its first record (they share the costs)
                 b = r["batch_size"]
-                say(f"fold {k}: forgot {b} faces of shard {r['shard']} in one retraining from slice "
-                    f"{r['stages_retrained'][0]}: {b * r['faces_x_epochs']:,.0f} faces x epochs = "
+                say(f"fold {k}: forgot {b} faces of shard {r['shard']} in a batch of {b} (one retraining from slice "
+                    f"{r['stages_retrained'][0]}): {b * r['faces_x_epochs']:,.0f} faces x epochs = "
                     f"{100 * b * r['share_of_full']:.1f}% of retraining all shards ({r['speedup_vs_full']:.2f}x faster; "
                     f"{r['speedup_vs_baseline']:.2f}x faster than the 1x1 baseline), {b * r['wall_seconds']:.1f} s")
             left = (r["batch_size"] if left == 0 else left) - 1
@@ -215,10 +215,11 @@ def price_volume(run: str | Path | RunLayout, opts: Options, scenario: str, volu
 
 
 def price_requests(run: str | Path | RunLayout, opts: Options, fold: int | None = None, request_model: str = "shared",
-                   batch_sizes: Sequence[int] = (), draws: int = 1000, seed: int = 0, say: Say = print) -> list[dict]:
+                   batch_sizes: Sequence[int] = (), draws: int = 1000, seed: int | None = None,
+                   say: Say = print) -> list[dict]:
     """The expected retraining cost of one request drawn from `request_model` (exact, from the
     partition), and per request of batches of each of `batch_sizes` (Monte Carlo over `draws` batches,
-    seeded by `seed`), for every fold or `fold`; no training. Returns the unlearning.expected_cost
+    seeded by `seed`, default the run's own), for every fold or `fold`; no training. Returns the unlearning.expected_cost
     and expected_batch_cost dicts, each with its fold.
 
         serving.price_requests("sorted-balanced-shard-5x3", Options(), request_model="independent")
@@ -236,7 +237,8 @@ def price_requests(run: str | Path | RunLayout, opts: Options, fold: int | None 
                 f"{100 * e['expected_share_of_full']:.1f}% of retraining all shards ({e['speedup_vs_full']:.2f}x faster, "
                 f"with --slice_epochs {exp.cfg.slice_epochs})")
             for b in batch_sizes or []:
-                e = unlearning.expected_batch_cost(exp.partitions[k], exp.cfg, b, draws, seed, k, request_model)
+                e = unlearning.expected_batch_cost(exp.partitions[k], exp.cfg, b, draws,
+                                                   exp.cfg.seed if seed is None else seed, k, request_model)
                 out.append({"fold": k, **e})
                 lo, hi = e["per_request_interval"]
                 say(f"fold {k}: batches of {b}: {e['shards_retrained']:.2f} shard(s) retrained per batch, "

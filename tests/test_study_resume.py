@@ -19,10 +19,11 @@ def test_only_run_settings_change_a_run():
     s = resolve_settings("cpu", {}, "x")
     for more in ({"n_boot": 5000}, {"replicates": 3}, {"configs": ["baseline", "uniform"]}, {"control": False},
                  {"aa": False}, {"control_doses": (0.5, 1.0)}, {"reference_race": "white"},
-                 {"tests": "both"}, {"sample": 4}):
+                 {"tests": "both"}, {"sample": 4}, {"scenarios": ("random",), "forget": (0.01,)},
+                 {"scenarios": ("random",), "forget": (0.01,), "methods": ("scrub",)}):
         new = resolve_settings("cpu", more, "x")
         assert new.run_changes(s) == [] and new.other_changes(s), more        # finished runs are reused
-    assert resolve_settings("cpu", {"epochs": 2}, "x").run_changes(s) == ["epochs: 4 -> 2"]
+    assert resolve_settings("cpu", {"epochs": 2}, "x").run_changes(s) == [f"epochs: {s.epochs} -> 2"]
     fewer = resolve_settings("cpu", {"sample": 3}, "x")
     assert resolve_settings("cpu", {"sample": 1}, "x").run_changes(fewer) == ["sample: 3 -> 1"]   # already served
 
