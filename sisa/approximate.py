@@ -25,6 +25,7 @@ given: test faces never enter. A method whose loss goes non-finite stops there a
 from __future__ import annotations
 
 import copy
+import io
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from .engine import augmenter
 from .recipe import Recipe, log_prior, loss_fn, make_optimizer
 from .seeding import torch_seed
+from .store import write_bytes, write_json, write_text
 
 METHODS = ("finetune", "neggrad", "random-label", "scrub")
 NUM_CLASSES = 7
@@ -178,9 +180,6 @@ def fold_features(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
 
 
 def write_features(path, table: dict[str, np.ndarray]) -> None:
-    import io
-
-    from .store import write_bytes
     buf = io.BytesIO()
     np.savez_compressed(buf, **table)
     write_bytes(path, buf.getvalue())
@@ -206,7 +205,6 @@ def unlearn_run(exp, trainer, scenario: str, volume: float, method: Method, summ
     from . import scenarios
     from .evaluation import _test_rows, logits_file, predictions, resolve_tta
     from .recipe import get_recipe
-    from .store import write_json, write_text
     cfg, sc = exp.cfg, scenarios.parse(scenario)
     if cfg.num_shards * cfg.num_slices != 1:
         raise ValueError("approximate methods start from the 1x1 monolith")
@@ -228,7 +226,6 @@ def unlearn_run(exp, trainer, scenario: str, volume: float, method: Method, summ
            "folds": facts}
     summary.root.mkdir(parents=True, exist_ok=True)
     write_text(summary.predictions, pred.to_csv(index=False))
-    from .store import write_bytes
     write_bytes(summary.logits, logits_file(exp, list(logits), logits, "flip" if mirrored else "none"))
     write_features(summary.features, concat_tables(tables))
     write_json(summary.info, {"run": cfg.name, "summary": summary.name, "scenario": scenario, "volume": volume,
