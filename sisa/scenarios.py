@@ -115,6 +115,14 @@ def forget_set(part: pd.DataFrame, scenario: Scenario, volume: float, seed: int,
     return faces[:n]
 
 
+def step(part: pd.DataFrame, scenario: Scenario, smaller: float | None, volume: float, seed: int,
+         fold: int) -> list[str]:
+    """The faces a volume adds on top of a smaller one (None: all of the volume's): nested volumes make
+    it a stretch of one order, drawn once."""
+    faces = forget_set(part, scenario, volume, seed, fold)
+    return faces[count(part, smaller) if smaller is not None else 0:]
+
+
 def next_step(part: pd.DataFrame, scenario: Scenario, volume: float, seed: int, fold: int) -> list[str]:
     """The faces still to forget to reach the volume. The fold's forgotten faces must be the start of
     this scenario's order (a smaller volume served before); anything else is refused."""

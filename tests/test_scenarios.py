@@ -172,3 +172,11 @@ def test_sisa_serves_a_volume_in_steps_each_shard_once_per_step(runs, tmp_path):
     line = error_line(run_script("unlearn.py", "--run_dir", run, "--scenario", "group:other", "--forget", "0.9",
                                  "--no_progress", check=False))
     assert "the largest volume it can supply is" in line
+
+
+def test_a_step_is_what_a_volume_adds_on_top_of_a_smaller_one():
+    part = fold_partition()
+    sc = scenarios.parse("group:black")
+    small, large = (scenarios.forget_set(part, sc, v, 5, 0) for v in (0.02, 0.05))
+    assert scenarios.step(part, sc, 0.02, 0.05, 5, 0) == [x for x in large if x not in small]
+    assert scenarios.step(part, sc, None, 0.05, 5, 0) == large

@@ -187,11 +187,11 @@ class Study:
             smaller = [v for v in vols if v < volume]
             total = 0
             for f, p in enumerate(exp.partitions):
+                prev = smaller[-1] if smaller else None
                 p = p.assign(forgotten=False)
-                seed = exp.cfg.seed
-                if smaller:
-                    p.loc[p["filename"].isin(scenarios.forget_set(p, sc, smaller[-1], seed, f)), "forgotten"] = True
-                total += set_cost(p, exp.cfg, scenarios.next_step(p, sc, volume, seed, f))["faces_x_epochs"]
+                if prev is not None:         # priced on top of the smaller volume, as it will be served
+                    p.loc[p["filename"].isin(scenarios.forget_set(p, sc, prev, exp.cfg.seed, f)), "forgotten"] = True
+                total += set_cost(p, exp.cfg, scenarios.step(p, sc, prev, volume, exp.cfg.seed, f))["faces_x_epochs"]
             self._unlearning_units[key] = total
         return self._unlearning_units[key]
 
@@ -556,12 +556,8 @@ class Study:
                         full = open_run(clone, self.opts, with_images=True)
                         run_features(full, Trainer(full, self.opts), SummaryLayout(self.summaries, summary))
                     # the step's cost from the log (a step resumed after a crash counts what it served before)
-                    step = {(f, x) for f, p in enumerate(cexp.partitions)
-                            for x in scenarios.forget_set(p, sc, v, seed, f)}
                     prev = max([u for u in self.s.forget if u < v], default=None)
-                    if prev is not None:
-                        step -= {(f, x) for f, p in enumerate(cexp.partitions)
-                                 for x in scenarios.forget_set(p, sc, prev, seed, f)}
+                    step = {(f, x) for f, p in enumerate(cexp.partitions) for x in scenarios.step(p, sc, prev, v, seed, f)}
                     recs = [r for r in read_jsonl(clone.unlearning_log) if (r["fold"], r["face"]) in step]
                     facts.update(scenario=scenario, volume=v, summary=summary, summaries_dir=str(self.summaries),
                                  forgotten=int(sum(p["forgotten"].sum() for p in cexp.partitions)), verified=True,
