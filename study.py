@@ -23,7 +23,7 @@ def get_args_parser() -> Parser:
     p.add_argument("--preset", choices=PRESET_NAMES, default="auto",
                    help="auto: poster on CUDA with the ImageNet weights at hand, gpu on CUDA without them, cpu otherwise; "
                         + "; ".join(f"{k}: {v['image_size']} px {v['model']}, {v['recipe']} recipe, {v['epochs']} epochs, "
-                                    f"{v['folds']} folds, {'/'.join(v['tests'])} test" for k, v in PRESETS.items())
+                                    + (f"{v['folds_run']} of {v['folds']} folds" if v.get('folds_run') else f"{v['folds']} folds") + f", {'/'.join(v['tests'])} test" for k, v in PRESETS.items())
                         + " (default auto)")
     p.add_argument("--name", default=None, help="study name: reports/<name>/ and run names <name>-... (default: the preset)")
     g = p.add_argument_group("override the preset (any of them)")
@@ -34,6 +34,9 @@ def get_args_parser() -> Parser:
     g.add_argument("--epochs", type=positive_int, help="epochs per slice stage")
     g.add_argument("--slice_epochs", choices=SLICE_EPOCHS, help="full or sisa (as train.py)")
     g.add_argument("--folds", type=positive_int, help="folds (k of the k-fold test)")
+    g.add_argument("--folds_run", type=folds_run_arg, metavar="N|all",
+                   help="k-fold test: train and test only the first N of the k folds, or all (the cpu preset runs 1 of "
+                        "3: replicates, not folds, carry its intervals)"),
     g.add_argument("--test", dest="tests", choices=("balanced", "kfold", "both"), help="test set(s)")
     g.add_argument("--test_per_cell", type=count, help="balanced test: faces per race x age class")
     g.add_argument("--test_random", type=count, help="balanced test: extra random faces")
@@ -58,10 +61,11 @@ def get_args_parser() -> Parser:
     g.add_argument("--scenarios", nargs="+", metavar="SCENARIO",
                    help="who asks to be forgotten, each served at every --forget volume on a copy of every chosen "
                         "configuration's trained runs (the 1x1 baseline is retrained from scratch without the faces): "
-                        "likelihood, random, group:RACE or group:RACE:AGE (default: none)")
+                        "likelihood, random, group:RACE or group:RACE:AGE, or none (default: the preset's; the cpu "
+                        "preset serves group:black at 0.05)")
     g.add_argument("--forget", type=share, nargs="+", metavar="VOLUME",
                    help="with --scenarios: fractions of each fold's training faces to forget, nested and served in "
-                        "steps, each evaluated (for example 0.01 0.05 0.1; default: none)")
+                        "steps, each evaluated (for example 0.01 0.05 0.1; default: the preset's)")
     g.add_argument("--methods", nargs="+", metavar="METHOD",
                    help="approximate unlearning of the 1x1 baseline for every scenario and volume, against its exact "
                         "retraining, with membership inference by race: finetune, neggrad, random-label, scrub "
@@ -119,12 +123,17 @@ def get_args_parser() -> Parser:
     return p
 
 
+def folds_run_arg(text: str) -> int:
+    """--folds_run: a whole number >= 1, or all (0: every fold, stored as None)."""
+    return 0 if text == "all" else positive_int(text)
+
+
 def jobs_arg(text: str) -> int | None:
     """--jobs: a whole number >= 1, or auto (None: chosen from the machine)."""
     return None if text == "auto" else positive_int(text)
 
 
-OVERRIDES = ("image_size", "model", "weights", "recipe", "epochs", "slice_epochs", "folds", "tests", "test_per_cell",
+OVERRIDES = ("image_size", "model", "weights", "recipe", "epochs", "slice_epochs", "folds", "folds_run", "tests", "test_per_cell",
              "test_random", "batch_size", "lr", "replicates", "sample", "control", "control_doses", "aa", "reference_race",
              "scenarios", "forget", "methods", "configs", "num_shards", "num_slices", "control_race", "seed", "limit", "n_boot")
 

@@ -71,10 +71,16 @@ def record(dest: Path, out: Path, study: str | None = None, command: list[str] |
         base = next(r for r in kfold["levels"]["baseline before"] if r["statistic"] == "accuracy_overall")
         control = next((c for c in kfold["comparisons"].get("control vs uniform", [])
                         if c["run"] == "control" and c["statistic"] == "gap_accuracy_standardised"), None)
+        primary = [c for fam in ("placement vs uniform", "forgetting: after vs before") for c in
+                   kfold["comparisons"].get(fam, []) if c["statistic"] == "gap_accuracy_standardised"]
+        extra = {"tested_faces": kfold["faces"]["tested"], "folds_run": report["settings"].get("folds_run"),
+                 "primary": [{k: c[k] for k in ("family", "run", "phase", "change", "ci_low_adjusted", "ci_high_adjusted",
+                                                "detectable", "verdict")} for c in primary]}
     else:
         base = kfold["levels"]["baseline"]["top1 random"]
         control = next((c for c in kfold["contrasts"].get("control vs uniform", []) if c["statistic"].startswith("gap")),
                        None)
+        extra = {}
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=dest, capture_output=True, text=True).stdout.strip()
     data = {
         "what": f"fresh clone: ./setup.sh, then `{' '.join(command or ['.venv/bin/python', 'study.py'])}` timed "
@@ -87,6 +93,7 @@ def record(dest: Path, out: Path, study: str | None = None, command: list[str] |
         "preset": report["settings"]["preset"],
         "baseline_random_top1": base,
         "control_gap_change": control,
+        **extra,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2) + "\n")

@@ -258,7 +258,9 @@ def membership(test: str, sets: dict[str, RunSet], s, retain_sample: int = 5000,
                                 "image_steps": float(np.mean([f_.get("image_steps", np.nan) for f_ in facts])) if facts else None,
                                 "seconds": float(np.mean([f_.get("seconds", np.nan) for f_ in facts])) if facts else None,
                                 "settings": {k: facts[0].get(k) for k in ("lr", "budget", "alpha", "temperature",
-                                                                          "batch_size")} if facts else None}
+                                                                          "batch_size")} if facts else None,
+                                # chosen per replicate on its own training faces (tuning.py)
+                                "learning_rates": sorted({f_.get("lr") for f_ in facts if f_.get("lr") is not None})}
             steps = [rs.progress_of(n).get(f"forget {v:g}", {}) for n in
                      (s.scenario_run(test, "baseline", r, sc) for r in range(s.replicates))]
             parts["retrained"]["image_steps"] = float(np.mean([st.get("faces_x_epochs", np.nan) for st in steps]))
@@ -321,7 +323,7 @@ def unlearning(rs: RunSet) -> dict:
                      "share_of_full": _num(np.mean([r["share_of_full"] for r in log])) if log else None,
                      "speedup_vs_baseline": _num(np.mean([r["speedup_vs_baseline"] for r in log])) if log else None,
                      "wall_seconds_per_request": _num(np.mean([r["wall_seconds"] for r in log])) if log else None,
-                     "training_seconds_per_fold": _num(np.mean(trained) / cfg.folds),
+                     "training_seconds_per_fold": _num(np.mean(trained) / cfg.n_folds),
                      # the check the study ran after serving (a study from before it was recorded: None)
                      "verified": all(c.get("verified") for c in checked) if all("verified" in c for c in checked)
                      else None}

@@ -41,9 +41,9 @@ from .store import write_bytes, write_json, write_text
 
 METHODS = ("finetune", "neggrad", "random-label", "scrub")
 NUM_CLASSES = 7
-# The settings a study uses (fixed in advance, recorded with every result): a tenth of retraining's
-# image-steps each; learning rates for AdamW after the anchors' defaults, gradient ascent ten times
-# gentler than descent (it diverges otherwise)
+# Each method's settings: a tenth of retraining's image-steps; the centre of its learning-rate grid for
+# AdamW after the anchors' defaults, gradient ascent ten times gentler than descent (it diverges
+# otherwise). A study chooses the learning rate from the grid on a validation split (tuning.py)
 DEFAULTS = {"finetune": dict(lr=1e-3), "neggrad": dict(lr=1e-4, alpha=0.99), "random-label": dict(lr=1e-3),
             "scrub": dict(lr=5e-4, temperature=4.0)}
 
@@ -57,11 +57,6 @@ class Method:
     batch_size: int = 128
     alpha: float = 0.99         # neggrad: weight of the retained loss
     temperature: float = 4.0    # scrub: softmax temperature of the KL terms
-
-
-def default(name: str, batch_size: int = 128) -> "Method":
-    """The method with the study's settings (DEFAULTS)."""
-    return Method(name, batch_size=batch_size, **DEFAULTS[name])
 
 
 def _forget_labels(labels: torch.Tensor, rows: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -189,7 +184,7 @@ def run_features(exp, trainer, summary) -> None:
     """The features of every face of every fold under a monolith run's final models, beside its summary."""
     last = exp.cfg.num_slices - 1
     tables = [fold_features(trainer.restore(f, 0, last).model, trainer.images, trainer.labels, exp.partitions[f], f)
-              for f in range(exp.cfg.folds)]
+              for f in range(exp.cfg.n_folds)]
     write_features(summary.features, concat_tables(tables))
 
 

@@ -137,7 +137,7 @@ def missing_stages(layout: RunLayout, cfg: RunConfig, partitions: list[pd.DataFr
     last checkpoint is unusable); unlearning may restart from any stage (`every_slice`: any unusable
     checkpoint counts). A fold with no checkpoint at all is 'nothing trained yet'."""
     out = {}
-    for fold in range(cfg.folds):
+    for fold in range(cfg.n_folds):
         firsts = []
         for shard in range(cfg.num_shards):
             states = shard_statuses(layout, partitions[fold], fold, shard, cfg.num_slices)
@@ -158,7 +158,7 @@ def usable_folds(layout: RunLayout, cfg: RunConfig, partitions: list[pd.DataFram
     'unlearn'), or one SisaError listing what is missing (`missing_stages`): when any fold is
     incomplete (the message ends with `fix`), or, with `allow_partial`, when none is complete."""
     problems = missing_stages(layout, cfg, partitions, every_slice)
-    wanted = range(cfg.folds) if folds is None else folds
+    wanted = range(cfg.n_folds) if folds is None else folds
     bad = {f: problems[f] for f in wanted if problems[f]}
     listed = "; ".join(f"fold {f}: {', '.join(p)}" for f, p in bad.items())
     complete = [f for f in wanted if not problems[f]]

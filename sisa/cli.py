@@ -84,6 +84,8 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                         f"random placement takes only slice (default {D.put_in})")
     g.add_argument("--folds", type=positive_int, default=D.folds,
                    help=f"K repetitions of the whole experiment, each with its own test set and partition (default {D.folds})")
+    g.add_argument("--folds_run", type=positive_int, default=None,
+                   help="with a kfold test: train and test only the first N of the K folds (default: all K)")
     g.add_argument("--test_per_cell", type=count, default=D.test_per_cell,
                    help=f"balanced test set: faces per race x age-class cell (default {D.test_per_cell})")
     g.add_argument("--test_random", type=count, default=D.test_random,
@@ -168,7 +170,7 @@ def add_summaries_arg(p: argparse.ArgumentParser) -> None:
 def config_from_args(a: argparse.Namespace) -> RunConfig:
     return RunConfig(image_size=a.image_size, limit=a.limit, likelihood_factors=a.likelihood_factors,
                      strategy=a.strategy, put_in=a.put_in, control_race=a.control_race, num_shards=a.num_shards, num_slices=a.num_slices,
-                     folds=a.folds, test_per_cell=a.test_per_cell, test_random=a.test_random, seed=a.seed,
+                     folds=a.folds, folds_run=a.folds_run, test_per_cell=a.test_per_cell, test_random=a.test_random, seed=a.seed,
                      training_seed=a.training_seed, recipe=a.recipe, model=a.model, weights=a.weights,
                      epochs=a.epochs, slice_epochs=a.slice_epochs, batch_size=a.batch_size, lr=a.lr,
                      augment=not a.no_augment, label_noise=a.label_noise, run_name=a.run_name)

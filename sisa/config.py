@@ -44,6 +44,8 @@ class RunConfig:
     num_shards: int = 5                     # S disjoint shards, one model each (baseline: 1)
     num_slices: int = 3                     # R cumulative slices per shard, a checkpoint after each (baseline: 1)
     folds: int = 5                          # K repetitions, each with its own test set and partition
+    folds_run: int | None = None            # kfold test: train and test only the first N of the K folds (None: all K);
+                                            # fold k's test and training faces are the same whatever N is
     test_per_cell: int = 9                  # balanced test set: faces per (race, age class) cell
     test_random: int = 63                   # balanced test set: extra faces drawn at random (group "random")
     seed: int = 0                           # the one seed every random choice derives from
@@ -96,6 +98,11 @@ class RunConfig:
         except (OSError, ValueError, TypeError, SisaError):
             return self          # no run there, or one that opening it will explain
         return old if old == self else self
+
+    @property
+    def n_folds(self) -> int:
+        """The folds this run computes: the first --folds_run of the K folds, or all K."""
+        return self.folds_run or self.folds
 
     @property
     def placement(self) -> str:
@@ -157,6 +164,12 @@ class RunConfig:
                 raise bad(flag, getattr(self, flag), "it must be >= 0")
         if self.test_kind == "kfold" and self.folds < 2:
             raise bad("folds", self.folds, "a kfold test set needs --folds >= 2")
+        if self.folds_run is not None:
+            if self.test_kind != "kfold":
+                raise bad("folds_run", self.folds_run, "it runs the first N folds of a k-fold test; with a "
+                          f"{self.test_kind} test set each fold is its own repetition, so lower --folds instead")
+            if not 1 <= self.folds_run <= self.folds:
+                raise bad("folds_run", self.folds_run, f"give a number of folds from 1 to --folds ({self.folds})")
         if self.test_kind != "kfold" and self.test_per_cell == 0 and self.test_random == 0:
             raise SisaError("the test set would be empty: set --test_per_cell or --test_random above 0")
         if self.limit is not None and self.limit < 1:

@@ -211,7 +211,7 @@ def evaluate_run(layout: RunLayout, opts: Options, summaries_dir: Path, aggregat
     info = {"run": exp.cfg.name, "run_dir": str(layout.root), "summary": out.name, "aggregation": aggregation,
             "tta": tta, "recipe": exp.cfg.recipe, "training_precision": exp.manifest.get("precision"),
             "evaluation_precision": precision,
-            "folds_evaluated": folds, "folds_in_run": exp.cfg.folds, "test_kind": exp.cfg.test_kind,
+            "folds_evaluated": folds, "folds_in_run": exp.cfg.n_folds, "test_kind": exp.cfg.test_kind,
             "weights_used": exp.manifest.get("weights_used"),
             "faces_forgotten": {f"fold-{f}": int(exp.partitions[f]["forgotten"].sum()) for f in folds},
             "unlearning_requests_served": sum(int(exp.partitions[f]["forgotten"].sum()) for f in folds),

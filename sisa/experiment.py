@@ -117,7 +117,7 @@ def plan(cfg: RunConfig, opts: Options) -> tuple[Experiment, bool]:
     table, exact = face_table(folder, cfg.image_size, cache, readable=cfg.limit is None)
     table, _ = _run_table(cfg, table, cfg.limit)
     layout = RunLayout((Path(opts.checkpoints_dir) / cfg.name).resolve())
-    partitions = [build_partition(table, cfg, k) for k in range(cfg.folds)]
+    partitions = [build_partition(table, cfg, k) for k in range(cfg.n_folds)]
     return Experiment(cfg, layout, table, np.empty((0,), np.uint8), partitions, pd.DataFrame()), exact
 
 
@@ -147,7 +147,7 @@ def prepare(cfg: RunConfig, opts: Options) -> Experiment:
                             "move it away or pass --overwrite")
         _clear(layout)
     faces, table, images = _faces_of_run(cfg, opts)
-    partitions = [build_partition(table, cfg, k) for k in range(cfg.folds)]
+    partitions = [build_partition(table, cfg, k) for k in range(cfg.n_folds)]
     hashes = {f"fold-{k}": content_hash(p) for k, p in enumerate(partitions)}
     manifest = {
         "name": cfg.name,
@@ -171,7 +171,7 @@ def prepare(cfg: RunConfig, opts: Options) -> Experiment:
         if old_manifest["partitions"] != hashes:
             raise SisaError(f"run {cfg.name}'s partitions differ from what this version computes; "
                             "use the version that made it, or pass --overwrite to start again")
-        for k in range(cfg.folds):   # keep the files: they record forgotten faces
+        for k in range(cfg.n_folds):   # keep the files: they record forgotten faces
             partitions[k] = read_partition(layout.partition(k))
             if content_hash(partitions[k]) != hashes[f"fold-{k}"]:
                 raise SisaError(f"{layout.partition(k)} was altered (hash mismatch); restore it or pass --overwrite")
@@ -193,7 +193,7 @@ def open_run(layout: RunLayout, opts: Options, with_images: bool = True) -> Expe
     cfg = RunConfig.from_dict(read_json(layout.config))
     manifest = read_json(layout.manifest)
     partitions = []
-    for k in range(cfg.folds):
+    for k in range(cfg.n_folds):
         if not layout.partition(k).exists():
             raise SisaError(f"{layout.partition(k)} is missing; the run folder is incomplete")
         part = read_partition(layout.partition(k))
@@ -225,7 +225,7 @@ def clone_run(src: RunLayout, dest: RunLayout) -> None:
     carry the new name. Nothing else differs: seeds, partitions and hashes are the run's. A clone
     made from a run that served requests would inherit them, so that is refused."""
     cfg = RunConfig.from_dict(read_json(src.config))
-    if any(read_partition(src.partition(k))["forgotten"].any() for k in range(cfg.folds)):
+    if any(read_partition(src.partition(k))["forgotten"].any() for k in range(cfg.n_folds)):
         raise SisaError(f"run {src.name} has served requests; a clone must start from the trained run (train it again "
                         "under another name)")
     tmp = dest.root.with_name(dest.root.name + ".cloning")
@@ -246,6 +246,11 @@ def clone_run(src: RunLayout, dest: RunLayout) -> None:
     os.replace(tmp, dest.root)
 
 
+def _folds_text(cfg: RunConfig) -> str:
+    """'3 fold(s)', or '1 of 3 folds' for a run of the first folds of a k-fold test (--folds_run)."""
+    return f"{cfg.n_folds} of {cfg.folds} folds" if cfg.n_folds < cfg.folds else f"{cfg.folds} fold(s)"
+
+
 def describe(exp: Experiment) -> str:
     """The dry-run report: data, test set, and the composition of fold 0's shards and slices."""
     cfg, t = exp.cfg, exp.table
@@ -253,7 +258,7 @@ def describe(exp: Experiment) -> str:
              f"in the data folder); {skipped_summary(exp.skipped)} (list: {exp.layout.skipped})",
              f"high unlearning likelihood: {100 * t['high_likelihood'].mean():.1f}% of faces; "
              f"expected unlearning requests: {t['requests_unlearning'].sum()} drawn",
-             f"strategy {cfg.strategy}, put_in {cfg.put_in}: {cfg.folds} fold(s) x {cfg.num_shards} shard(s) "
+             f"strategy {cfg.strategy}, put_in {cfg.put_in}: {_folds_text(cfg)} x {cfg.num_shards} shard(s) "
              f"x {cfg.num_slices} slice(s)"]
     part = exp.partitions[0]
     n_test = int((part["role"] == "test").sum())
@@ -261,6 +266,6 @@ def describe(exp: Experiment) -> str:
                  f"(% of faces in each part):")
     comp = composition(part)
     lines.append(comp.to_string(index=False, float_format=lambda x: f"{x:5.1f}"))
-    if cfg.folds > 1:
+    if cfg.n_folds > 1:
         lines.append(f"other folds: {exp.layout.root}/fold-<k>/composition.csv")
     return "\n".join(lines)

@@ -190,6 +190,13 @@ class StudyLayout:
     def run_log(self, run: str) -> Path:
         return self.root / "logs" / f"{run}.log"
 
+    def tuning(self, run: str) -> Path:
+        """The approximate methods' learning rates chosen on a replicate's baseline (tuning.py)."""
+        return self.root / "tuning" / f"{run}.json"
+
+    def tuning_metrics(self, run: str) -> Path:
+        return self.root / "tuning" / f"{run}-metrics.jsonl"
+
     def predictions_file(self, run: str) -> Path:
         return self.predictions / f"{run}.npz"
 

@@ -131,7 +131,8 @@ def settings_table(r: dict) -> str:
     rows = [["preset", s["preset"]], ["image size", f"{s['image_size']} px"], ["model", s["model"]],
             ["initial weights", s["weights"]], ["recipe", s["recipe"]],
             ["epochs per stage", f"{s['epochs']} (`--slice_epochs {s['slice_epochs']}`)"],
-            ["folds", str(s["folds"])], ["test sets", ", ".join(s["tests"])],
+            ["folds", f"{s['folds_run']} of {s['folds']} (the first of a {s['folds']}-fold split, trained and tested)"
+             if s.get("folds_run") else str(s["folds"])], ["test sets", ", ".join(s["tests"])],
             ["SISA", f"{s['num_shards']} shards x {s['num_slices']} slices"],
             ["replicates (own folds, flags, partitions, weights)", str(s["replicates"])] if "replicates" in s else
             ["training seeds per configuration", str(s["seeds"])],

@@ -52,9 +52,9 @@ def _opened(layout: RunLayout, opts: Options, fold: int | None, world: World = W
         if serving:
             world.barrier()                    # the other ranks read the run once it is finished
         exp = open_run(layout, opts, with_images=False)
-        if fold is not None and fold >= exp.cfg.folds:
-            raise SisaError(f"--fold {fold} does not exist: run {exp.cfg.name} has folds 0..{exp.cfg.folds - 1}")
-        yield exp, list(range(exp.cfg.folds)) if fold is None else [fold]
+        if fold is not None and fold >= exp.cfg.n_folds:
+            raise SisaError(f"--fold {fold} does not exist: run {exp.cfg.name} has folds 0..{exp.cfg.n_folds - 1}")
+        yield exp, list(range(exp.cfg.n_folds)) if fold is None else [fold]
 
 
 # ---- serving -----------------------------------------------------------------------------------

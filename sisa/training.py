@@ -213,7 +213,7 @@ def pending_stages(exp: Experiment, world: World = World(), verify: bool = True)
     """(fold, shard, first incomplete slice) of this rank's share of the run's shards, all of them.
     `verify=False` reads the checkpoint records only (a progress bar's total), never hashing a file."""
     cfg = exp.cfg
-    jobs = world.mine([(f, s) for f in range(cfg.folds) for s in range(cfg.num_shards)])
+    jobs = world.mine([(f, s) for f in range(cfg.n_folds) for s in range(cfg.num_shards)])
     return [(f, s, completed_slices(exp, f, s, verify)) for f, s in jobs]
 
 

@@ -70,3 +70,40 @@ def test_an_unknown_method_is_refused():
     with pytest.raises(ValueError, match="choose from finetune, neggrad, random-label, scrub"):
         approximate.apply(None, torch.zeros(1), torch.zeros(1), np.arange(1), np.arange(1),
                           approximate.Method("forget-harder", lr=1.0), get_recipe("strong"), 1, (0,))
+
+
+@pytest.mark.slow
+def test_learning_rates_are_chosen_on_a_validation_split_of_training_faces(monolith, tmp_path):
+    """tuning.tune: a stratified validation split of fold 0's training faces, a grid per method, the
+    candidate nearest the tuning target chosen; test faces never read (scrambled, the same choice)."""
+    from sisa import tuning
+    exp, trainer = monolith
+    part = exp.partitions[0]
+    a, v = tuning.split(part, 0)
+    train = set(np.flatnonzero((part["role"] == "train").to_numpy()))
+    assert set(a) | set(v) == train and not set(a) & set(v)
+    assert len(v) == pytest.approx(tuning.VALIDATION_SHARE * len(train), abs=12)     # rounded per race x age cell
+
+    def tune(images=None, labels=None):
+        t = Trainer(exp, Options(device="cpu", progress=False))
+        if images is not None:
+            t.images, t.labels = images, labels
+        return tuning.tune(exp, t, ["random"], 0.2, ["finetune", "neggrad"], 0, tmp_path / "m.jsonl", say=lambda _: None)
+
+    got = tune()
+    entry = got["scenarios"]["random"]
+    assert entry["forget_faces"] > 0 and set(entry["target"]) == set(tuning.MEASURES)
+    for m in ("finetune", "neggrad"):
+        cands = entry["methods"][m]["candidates"]
+        assert [c["lr"] for c in cands] == tuning.grid(m)
+        best = min(c["average_gap"] for c in cands)
+        assert entry["methods"][m]["lr"] in tuning.grid(m)
+        assert [c["average_gap"] for c in cands if c["lr"] == entry["methods"][m]["lr"]] == [best]
+    assert tuning.chosen(got, "random", "neggrad", 32).lr == entry["methods"]["neggrad"]["lr"]
+    assert tuning.missing(got, ["random", "group:black"], ["finetune"]) == [("group:black", "finetune")]
+    test = torch.as_tensor(np.flatnonzero((part["role"] == "test").to_numpy()))
+    images, labels = trainer.images.clone(), trainer.labels.clone()
+    images[test] = torch.randint(0, 256, images[test].shape, dtype=torch.uint8)
+    labels[test] = 99
+    again = tune(images, labels)["scenarios"]["random"]
+    assert again["methods"] == entry["methods"] and again["target"] == entry["target"]

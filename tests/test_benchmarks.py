@@ -90,13 +90,13 @@ def test_fresh_clone_records_the_timed_study_and_its_report(tmp_path):
 
 
 def test_the_readme_cpu_table_is_rendered_from_the_committed_benchmark():
-    """docs/performance.md's CPU engine table is what benchmarks/cpu_engine.py --markdown makes of its JSON."""
+    """The README's CPU engine table is what benchmarks/cpu_engine.py --markdown makes of its JSON."""
     import re
     from sisa.layout import PROJECT_ROOT
     spec = importlib.util.spec_from_file_location("cpu_engine", PROJECT_ROOT / "benchmarks" / "cpu_engine.py")
     cpu_engine = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cpu_engine)
-    page = (PROJECT_ROOT / "docs" / "performance.md").read_text()
+    page = (PROJECT_ROOT / "README.md").read_text()
     block = page.split("<!-- cpu-engine: start -->\n", 1)[1].split("<!-- cpu-engine: end -->", 1)[0].strip()
     source = re.search(r"`(benchmarks/results/cpu-engine-[^`]+\.json)`", block).group(1)
     assert block == cpu_engine.markdown(json.loads((PROJECT_ROOT / source).read_text()), source)

@@ -92,13 +92,13 @@ def test_the_graphs_engines_step_equals_the_eager_step_including_the_partial_bat
     itself is checked here, bit for bit, including the eager partial batch that follows it."""
     images, labels = data
     rows = np.arange(10, 10 + n)
-    plan = StagePlan(RECIPES["strong"], 2e-3, 2, 32)
+    plan = StagePlan(RECIPES["strong"], 2e-3, 2, 32, precision="fp32")
     eager_model, eager_opt = fresh()
     eager = train_stage(eager_model, eager_opt, images, labels, rows, plan, KEYS)
     model, opt = fresh()
     graphs = {"step": GraphStep(model, opt, images, labels, 32, augmenter(RECIPES["strong"], True), torch.Generator(),
                                 RECIPES["strong"], False, capture=False)}
-    res = train_stage(model, opt, images, labels, rows, StagePlan(RECIPES["strong"], 2e-3, 2, 32, engine="graphs"),
+    res = train_stage(model, opt, images, labels, rows, StagePlan(RECIPES["strong"], 2e-3, 2, 32, engine="graphs", precision="fp32"),
                       KEYS, graphs=graphs)
     assert same(weights(eager_model), weights(model))
     assert [e["loss"] for e in res.epochs] == pytest.approx([e["loss"] for e in eager.epochs], rel=1e-6)
@@ -178,7 +178,7 @@ def test_a_failed_capture_falls_back_to_eager_with_one_warning(data):
     """When capture fails (here: no GPU at all), the step warns once and trains eagerly, from the
     state it had before the attempt: the stage equals the eager engine's bit for bit."""
     images, labels = data
-    rows, plan = np.arange(10, 106), StagePlan(RECIPES["strong"], 2e-3, 2, 32)
+    rows, plan = np.arange(10, 106), StagePlan(RECIPES["strong"], 2e-3, 2, 32, precision="fp32")
     eager_model, eager_opt = fresh()
     eager = train_stage(eager_model, eager_opt, images, labels, rows, plan, KEYS)
     model, opt = fresh()
@@ -186,7 +186,7 @@ def test_a_failed_capture_falls_back_to_eager_with_one_warning(data):
                                 RECIPES["strong"], False, capture=True)}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = train_stage(model, opt, images, labels, rows, StagePlan(RECIPES["strong"], 2e-3, 2, 32, engine="graphs"),
+        res = train_stage(model, opt, images, labels, rows, StagePlan(RECIPES["strong"], 2e-3, 2, 32, engine="graphs", precision="fp32"),
                           KEYS, graphs=graphs)
     capture_warnings = [w for w in caught if "capture failed" in str(w.message)]
     assert len(capture_warnings) == 1 and "trains eagerly" in str(capture_warnings[0].message)

@@ -169,3 +169,16 @@ def test_bad_settings_are_clear_errors():
         cfg(strategy="sorted-nope").validate()
     with pytest.raises(SisaError, match="--num_shards 0"):
         cfg(num_shards=0).validate()
+
+
+def test_folds_run_computes_the_first_folds_of_the_same_split():
+    """--folds_run N: fold k of a run of the first N folds is fold k of the run of all K, face for face."""
+    every, first = cfg(strategy="random-kfold"), cfg(strategy="random-kfold", folds_run=1)
+    assert (every.n_folds, first.n_folds) == (3, 1)
+    a, b = build_partition(TABLE, every, 0), build_partition(TABLE, first, 0)
+    assert a.equals(b)
+    assert (a["role"] == "test").sum() == pytest.approx(len(TABLE) / 3, abs=5)   # a third of the faces tested
+    with pytest.raises(SisaError, match="--folds_run 4 is invalid: give a number of folds from 1 to --folds"):
+        cfg(strategy="random-kfold", folds_run=4).validate()
+    with pytest.raises(SisaError, match="--folds_run 1 is invalid: .*lower --folds instead"):
+        cfg(strategy="random-balanced", folds_run=1).validate()

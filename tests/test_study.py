@@ -15,9 +15,10 @@ from helpers import call_script, error_line, run_script
 from sisa.layout import PROJECT_ROOT
 from sisa.study import load_study
 from sisa.study.report import render
+from sisa.errors import SisaError
 from sisa.study import PRESETS, Settings, resolve_settings
 
-TINY = ["--preset", "cpu", "--configs", "baseline", "uniform", "later-slices", "--epochs", 1, "--image_size", 24,
+TINY = ["--preset", "cpu", "--scenarios", "none", "--configs", "baseline", "uniform", "later-slices", "--epochs", 1, "--image_size", 24,
         "--folds", 2, "--num_shards", 2, "--num_slices", 2, "--sample", 1, "--n_boot", 50]
 
 
@@ -250,6 +251,16 @@ def test_presets_and_overrides_resolve_to_complete_settings():
     assert control.strategy == "random-balanced" and control.label_noise == 1.0 and control.control_race == "black"
     seg = resolve_settings("cpu", {"configs": ["baseline", "uniform", "segregated"]}, "x").run_config("kfold", "segregated", 0)
     assert seg.strategy == "segregated-kfold" and seg.put_in == "shard" and seg.label_noise == 0
+    assert (s.folds, s.folds_run) == (3, 1) and s.run_config("kfold", "uniform", 0).n_folds == 1   # the cpu preset's one fold
+    assert s.run_config("balanced", "uniform", 0).folds_run is None         # a balanced test's folds are repetitions
+    assert resolve_settings("cpu", {"folds_run": 0}, None).folds_run is None   # --folds_run all
+    assert (s.scenarios, s.forget) == (("group:black",), (0.05,))            # the default serves one scenario's volume
+    none = resolve_settings("cpu", {"scenarios": ["none"]}, None)
+    assert (none.scenarios, none.forget, none.scenario_configs) == ((), (), ())
+    old = {k: v for k, v in s.to_dict().items() if k != "folds_run"}        # a study.json from before --folds_run
+    assert Settings.from_dict(old, fallback=s).folds_run is None
+    with pytest.raises(SisaError, match="--folds_run 4 is invalid"):
+        resolve_settings("cpu", {"folds_run": 4}, None)
     poster = resolve_settings("poster", {"weights": "none"}, None)
     assert (poster.image_size, poster.model, poster.recipe, poster.folds, poster.tests) == (200, "resnet18", "original", 5,
                                                                                             ("balanced",))

@@ -38,7 +38,8 @@ def partitions(shift: float) -> list[pd.DataFrame]:
 
 def data(monkeypatch, skill=SKILL, replicates=3) -> dict:
     s = resolve_settings("cpu", {"replicates": replicates, "control_doses": (0.5, 1.0),
-                                 "configs": ["baseline", "uniform", "later-slices"], "n_boot": 80}, "toy")
+                                 "configs": ["baseline", "uniform", "later-slices"], "n_boot": 80,
+                                 "scenarios": ["none"]}, "toy")
     sets = {}
     for k, tag in enumerate(s.all_configs):
         names = [s.run_name("kfold", tag, r) for r in range(replicates)]

@@ -35,9 +35,9 @@ class Progress:
 
     def phases(self, run: str) -> dict:
         """A run's phase records (a scenario's clone: one "forget <volume>" per step; an approximate
-        method's summary: "approximate")."""
+        method's summary: "approximate"; a baseline's tuning of the methods: "tune")."""
         return {k: v for k, v in self.done.get(run, {}).items()
-                if k in PHASES or k.startswith("forget ") or k == "approximate"}
+                if k in PHASES or k.startswith("forget ") or k in ("approximate", "tune")}
 
     def seconds(self) -> float:
         """Seconds of every phase of every run, over all the attempts that ran them."""

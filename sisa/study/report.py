@@ -229,7 +229,10 @@ def approximate(t: dict, h: str) -> list[str]:
            "retraining's image-steps; *retrained* is the baseline trained again from scratch without them (the exact "
            "reference). The membership attack (logistic regression on each face's loss and confidence, fitted on retained "
            "training faces against half of the test faces) scores the forget faces against the other half: AUC 0.5 means "
-           "they look like faces the model never saw. Pooled over folds and replicates, 95% bootstrap intervals.", ""]
+           "they look like faces the model never saw. Pooled over folds and replicates, 95% bootstrap intervals. Each "
+           "method's learning rate was chosen per replicate from a grid on a validation split of its training faces, "
+           "by the smallest average gap to a model retrained on that split (`tuning/<run>.json`; test faces never "
+           "read).", ""]
     for key, m in mem.items():
         sc, _, v = key.rpartition(" ")
         out += [f"**{sc} at {100 * float(v):g}% of the training faces.** "
@@ -244,9 +247,10 @@ def approximate(t: dict, h: str) -> list[str]:
                          f"{a['auc_forget']:.3f} [{lo:.3f}, {hi:.3f}]" if a["auc_forget"] is not None else "–",
                          f"{100 * p['average_gap_to_retrained']:.1f}",
                          "–" if p["image_steps"] is None else f"{p['image_steps']:,.0f}",
-                         v1.secs(p["seconds"])])
+                         v1.secs(p["seconds"]),
+                         " / ".join(f"{x:.2g}" for x in p.get("learning_rates") or []) or "–"])
         out += [v1.table(["model", "forget acc. %", "retain acc. %", "test acc. %", "forget AUC [95%]",
-                          "average gap to retrained (points)", "image-steps", "seconds"], rows), ""]
+                          "average gap to retrained (points)", "image-steps", "seconds", "learning rate"], rows), ""]
         race_rows = []
         for name in m["models"]:
             if name in ("original", "retrained"):

@@ -175,7 +175,21 @@ class Study:
         if "approximate" in todo:      # each method: a tenth of retraining, then every face through the model
             train = sum(int((p["role"] == "train").sum()) for p in exp.partitions)
             left += len(self.methods_left(exp)) * (train * cfg.epochs // 10 + (train + tested) // 3)
+            left += self.tuning_units(exp)
         return left
+
+    def tuning_units(self, exp) -> int:
+        """Faces x epochs of choosing the methods' learning rates on this baseline (tuning.py): the
+        tuning original, then per scenario still to tune its target and every candidate."""
+        from .. import tuning
+        from ..store import read_json
+        path = self.layout.tuning(exp.cfg.name)
+        todo = tuning.missing(read_json(path) if path.exists() else None, self.s.scenarios, self.s.methods)
+        if not todo:
+            return 0
+        a = int((exp.partitions[0]["role"] == "train").sum() * (1 - tuning.VALIDATION_SHARE)) * exp.cfg.epochs
+        scen = {sc for sc, _ in todo}
+        return a + len(scen) * a + len(todo) * len(tuning.GRID) * a // 10
 
     def volume_units(self, exp, scenario: str, volume: float) -> int:
         """Faces x epochs of forgetting one volume on top of the last (exact, from the partitions)."""
@@ -446,8 +460,8 @@ class Study:
                     facts["run_dir"] = str(L.root)
                     resolve_weights(exp)
                     train_run(exp, self.opts, bar=bar)
-                    facts["images_per_s"] = throughput(L, cfg.folds)
-                self.say(f"[{self.clock()}] trained {name} ({cfg.folds} fold(s) x {cfg.num_shards} x {cfg.num_slices}) "
+                    facts["images_per_s"] = throughput(L, cfg.n_folds)
+                self.say(f"[{self.clock()}] trained {name} ({cfg.n_folds} fold(s) x {cfg.num_shards} x {cfg.num_slices}) "
                          f"in {fmt_s(progress.fact(name, 'train', 'seconds'))}")
             if "evaluate" in todo:
                 if any(p["forgotten"].any() for p in exp.partitions):
@@ -494,7 +508,8 @@ class Study:
     def approximate(self, exp, progress: Progress, bar) -> None:
         """Every --methods entry applied to the baseline's trained models for every scenario and volume
         (approximate.unlearn_run), and the original models' features for the attack."""
-        from ..approximate import default, run_features, unlearn_run
+        from ..approximate import run_features, unlearn_run
+        from ..tuning import chosen
         from ..experiment import open_run
         from ..training import Trainer
         full = open_run(exp.layout, self.opts, with_images=True)
@@ -504,15 +519,46 @@ class Study:
             run_features(full, trainer, original)
         train = sum(int((p["role"] == "train").sum()) for p in exp.partitions)
         tested = sum(int((p["role"] == "test").sum()) for p in exp.partitions)
-        for sc, v, m in self.methods_left(exp):
+        left = self.methods_left(exp)
+        if left:
+            units = self.tuning_units(exp)
+            tuned = self.tuning(full, trainer, progress)
+            bar.update(units)
+        for sc, v, m in left:
             test, _, r = self._keys[exp.cfg.name]
             summary = SummaryLayout(self.summaries, self.s.method_summary(test, r, sc, m, v))
             with progress.phase(summary.name, "approximate") as facts:
-                facts.update(unlearn_run(full, trainer, sc, v, default(m, exp.cfg.batch_size), summary, full.cfg.seed))
+                facts.update(unlearn_run(full, trainer, sc, v, chosen(tuned, sc, m, exp.cfg.batch_size), summary,
+                                         full.cfg.seed))
             bar.update(train * exp.cfg.epochs // 10 + (train + tested) // 3)
             self.say(f"[{self.clock()}] {summary.name}: {m} forgot {sc} at {v:g} "
                      f"({'DIVERGED, ' if facts['diverged'] else ''}{facts['image_steps']:,} image-steps) in "
                      f"{fmt_s(progress.fact(summary.name, 'approximate', 'seconds'))}")
+
+    def tuning(self, full, trainer, progress: Progress) -> dict:
+        """The methods' learning rates for this baseline run, chosen on its fold 0's training faces
+        (tuning.py): read from tuning/<run>.json, or computed for what it lacks at the volume it
+        recorded (the study's largest when first tuned) and saved before any method runs."""
+        from ..store import read_json
+        from .. import tuning
+        path = self.layout.tuning(full.cfg.name)
+        have = read_json(path) if path.exists() else None
+        todo = tuning.missing(have, self.s.scenarios, self.s.methods)
+        if not todo:
+            return have
+        volume = have["volume"] if have else max(self.s.forget)
+        with progress.phase(f"{full.cfg.name}-tuning", "tune") as facts:
+            new = tuning.tune(full, trainer, sorted({s for s, _ in todo}), volume, sorted({m for _, m in todo}),
+                              full.cfg.seed, self.layout.tuning_metrics(full.cfg.name),
+                              say=lambda line: self.say(f"[{self.clock()}] {full.cfg.name} {line}"))
+            facts["seconds_tuning"] = new["seconds"]
+        if have:
+            for sc, entry in new["scenarios"].items():
+                have["scenarios"].setdefault(sc, {**entry, "methods": {}})["methods"].update(entry["methods"])
+            have["seconds"] = have.get("seconds", 0) + new["seconds"]
+            new = have
+        tuning.save(path, new)
+        return new
 
     def forget(self, exp, scenario: str, clone: RunLayout, progress: Progress, bar) -> None:
         """Serve a scenario's volumes on its clone of the run, smallest first, each on top of the last:
@@ -569,7 +615,7 @@ class Study:
                                  evaluate_seconds=time.perf_counter() - t)
                 bar.update(self.eval_units(cfg, tested))
                 self.say(f"[{self.clock()}] {clone.name}: forgot {scenario} at {v:g} ({facts['faces_served']:,} more "
-                         f"faces, {facts['shard_models_retrained']} shard model(s) retrained over {cfg.folds} fold(s)), verified "
+                         f"faces, {facts['shard_models_retrained']} shard model(s) retrained over {cfg.n_folds} fold(s)), verified "
                          f"and evaluated in {fmt_s(progress.fact(clone.name, f'forget {v:g}', 'seconds'))}")
 
 

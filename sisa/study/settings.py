@@ -53,8 +53,8 @@ PRESETS = {
                 slice_epochs="sisa", folds=5, tests=("kfold",), test_per_cell=9, test_random=63,
                 batch_size=128, replicates=1, sample=5, control=True),
     "cpu": dict(image_size=32, model="cnn-max", weights="none", recipe="strong", epochs=12,
-                slice_epochs="sisa", folds=3, tests=("kfold",), test_per_cell=4, test_random=28,
-                batch_size=128, replicates=1, sample=1, control=True),
+                slice_epochs="sisa", folds=3, folds_run=1, tests=("kfold",), test_per_cell=4, test_random=28,
+                batch_size=128, replicates=1, sample=1, control=True, scenarios=("group:black",), forget=(0.05,)),
 }
 PRESET_NAMES = ("auto", *PRESETS)
 ANALYSIS_FIELDS = ("n_boot", "reference_race")                       # change the report only
@@ -97,6 +97,7 @@ class Settings:
     lr: float | None = None
     n_boot: int = 1000
     likelihood_factors: str = "gender,race"
+    folds_run: int | None = None                # kfold test: train and test only the first N of the K folds (None: all)
 
     @property
     def reference(self) -> str:
@@ -146,7 +147,7 @@ class Settings:
                          strategy=f"{c['placement']}-{test}", put_in=c["put_in"], control_race=self.control_race,
                          label_noise=c.get("label_noise", 0.0), arm=c.get("arm", 0),
                          num_shards=self.num_shards if sisa else 1, num_slices=self.num_slices if sisa else 1,
-                         folds=self.folds, test_per_cell=self.test_per_cell, test_random=self.test_random,
+                         folds=self.folds, folds_run=self.folds_run if test == "kfold" else None, test_per_cell=self.test_per_cell, test_random=self.test_random,
                          seed=replicate_seed(self.seed, replicate), recipe=self.recipe, model=self.model,
                          weights=self.weights, epochs=self.epochs, slice_epochs=self.slice_epochs,
                          batch_size=self.batch_size, lr=self.lr, run_name=self.run_name(test, tag, replicate))
@@ -183,6 +184,8 @@ class Settings:
         else the defaults) or hold ones this version dropped (ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         values = {**(fallback.to_dict() if fallback else {}), **{k: v for k, v in d.items() if k in names}}
+        if "folds_run" not in d:        # a study from before --folds_run ran every fold
+            values["folds_run"] = None
         missing = sorted(names - set(values) - {f.name for f in dataclasses.fields(cls)
                                                 if f.default is not dataclasses.MISSING})
         if missing:
@@ -243,6 +246,12 @@ def resolve_settings(preset: str, overrides: dict, name: str | None) -> Settings
     if isinstance(base["tests"], str):
         base["tests"] = ("balanced", "kfold") if base["tests"] == "both" else (base["tests"],)
     base["tests"] = tuple(base["tests"])
+    if base.get("folds_run") == 0:          # --folds_run all
+        base["folds_run"] = None
+    if tuple(base.get("scenarios") or ()) == ("none",):   # --scenarios none: no scenario, so no volume either
+        base["scenarios"] = ()
+        if overrides.get("forget") is None:
+            base["forget"] = ()
     base["configs"] = tuple(base.get("configs") or POSTER_CONFIGS)
     for f in ("scenarios", "forget", "control_doses", "methods"):
         if f in base:
@@ -254,6 +263,8 @@ def resolve_settings(preset: str, overrides: dict, name: str | None) -> Settings
 
 def check_settings(s: Settings) -> None:
     """One clear line for settings that contradict each other; every run's config is validated too."""
+    if s.folds_run is not None and not 1 <= s.folds_run <= s.folds:
+        raise SisaError(f"--folds_run {s.folds_run} is invalid: give a number of folds from 1 to --folds ({s.folds}), or all")
     if s.replicates < 1:
         raise SisaError(f"--replicates {s.replicates} is invalid: train each configuration at least once (--replicates 1)")
     bad = [d for d in s.control_doses if not 0 < d <= 1]
