@@ -73,7 +73,11 @@ def record(dest: Path, out: Path, study: str | None = None, command: list[str] |
                         if c["run"] == "control" and c["statistic"] == "gap_accuracy_standardised"), None)
         primary = [c for fam in ("placement vs uniform", "forgetting: after vs before") for c in
                    kfold["comparisons"].get(fam, []) if c["statistic"] == "gap_accuracy_standardised"]
-        extra = {"tested_faces": kfold["faces"]["tested"], "folds_run": report["settings"].get("folds_run"),
+        st = report["settings"]
+        extra = {"tested_faces": kfold["faces"]["tested"],
+                 "protocol": {"epochs": st["epochs"], "folds": st["folds"], "folds_run": st.get("folds_run"),
+                              "replicates": st["replicates"], "configurations": len(kfold["runs"]),
+                              "scenarios": st.get("scenarios", []), "forget": st.get("forget", [])},
                  "primary": [{k: c[k] for k in ("family", "run", "phase", "change", "ci_low_adjusted", "ci_high_adjusted",
                                                 "detectable", "verdict")} for c in primary]}
     else:

@@ -40,7 +40,7 @@ def study(epochs: int, batch: int, seed: int, limit: int | None, work: Path = WO
     """Run (or finish) the point's study in `work`; its report and the wall seconds this call took."""
     name = f"sisa-cost-e{epochs}-b{batch}" + (f"-n{limit}" if limit else "")
     cmd = [sys.executable, str(ROOT / "study.py"), "--preset", "cpu", "--configs", "baseline", "uniform", "--no_aa",
-           "--no_control", "--sample", "0", "--epochs", str(epochs), "--batch_size", str(batch), "--seed", str(seed),
+           "--no_control", "--sample", "0", "--scenarios", "none", "--folds_run", "all", "--epochs", str(epochs), "--batch_size", str(batch), "--seed", str(seed),
            "--name", name, "--reports_dir", str(work / "reports"), "--checkpoints_dir", str(work / "checkpoints"),
            "--summaries_dir", str(work / "summaries"), "--no_progress", *map(str, extra)] + \
         (["--limit", str(limit)] if limit else [])

@@ -153,7 +153,11 @@ def fresh_clone_section(paths: list[Path]) -> str:
     for p in paths:
         d = json.loads(p.read_text())
         b, c = d["baseline_random_top1"], d["control_gap_change"]
-        rows.append([d["date"], f"`{d['commit'][:7]}`", d["machine"]["device"], f"{d['study_wall_s'] / 60:.1f} min",
+        pr = d.get("protocol")
+        what = "–" if not pr else (
+            f"{pr['epochs']} epochs, {pr['folds_run'] or pr['folds']} of {pr['folds']} folds, {pr['configurations']} "
+            f"configurations" + "".join(f", {sc} at {', '.join(f'{100 * v:g}%' for v in pr['forget'])}" for sc in pr["scenarios"]))
+        rows.append([d["date"], f"`{d['commit'][:7]}`", d["machine"]["device"], what, f"{d['study_wall_s'] / 60:.1f} min",
                      f"{pct(b['value'])} {interval(b['ci_low'], b['ci_high'])}",
                      f"{chg(c['change'])} {interval(c['ci_low'], c['ci_high'], True)} {c['verdict']}" if c else "–",
                      f"`{p.relative_to(PROJECT_ROOT).as_posix()}`"])
@@ -162,8 +166,8 @@ def fresh_clone_section(paths: list[Path]) -> str:
         "`./setup.sh && .venv/bin/python study.py` in a new clone (`.venv/bin/python benchmarks/fresh_clone.py`): the wall "
         "time of `study.py` (its preset chosen by `auto`; `setup.sh` not included), the report's baseline top-1 "
         "(random group, %) and the positive control's change of the gap (points).", "",
-        table(["date", "commit", "machine", "study.py wall time", "baseline random", "control: change of the gap",
-               "source"], rows), ""])
+        table(["date", "commit", "machine", "what it ran (– : not recorded)", "study.py wall time", "baseline random",
+               "control: change of the gap", "source"], rows), ""])
 
 
 def old_gpu_section(paths: list[Path]) -> str:

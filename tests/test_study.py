@@ -18,7 +18,7 @@ from sisa.study.report import render
 from sisa.errors import SisaError
 from sisa.study import PRESETS, Settings, resolve_settings
 
-TINY = ["--preset", "cpu", "--scenarios", "none", "--configs", "baseline", "uniform", "later-slices", "--epochs", 1, "--image_size", 24,
+TINY = ["--preset", "cpu", "--scenarios", "none", "--folds_run", "all", "--configs", "baseline", "uniform", "later-slices", "--epochs", 1, "--image_size", 24,
         "--folds", 2, "--num_shards", 2, "--num_slices", 2, "--sample", 1, "--n_boot", 50]
 
 
