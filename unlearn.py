@@ -8,6 +8,7 @@
     .venv/bin/python unlearn.py --run_dir sorted-balanced-slice-5x3 --cost             # expected cost of one request, no training
     .venv/bin/python unlearn.py --run_dir sorted-balanced-slice-5x3 --cost --batch_sizes 1 5 20   # ... of requests served in batches
     .venv/bin/python unlearn.py --run_dir sorted-balanced-slice-5x3 --cost --scenario random --forget 0.01   # ... of a volume
+    .venv/bin/python unlearn.py --run_dir random-kfold-slice-1x1 --scenario group:black --forget 0.05 --method scrub   # approximate
     .venv/bin/python unlearn.py --report random-balanced-slice-5x3 sorted-balanced-shard-5x3 sorted-balanced-slice-5x3
 
 Each request retrains only the affected shard from the affected slice on; the run's
@@ -15,7 +16,8 @@ unlearning/log.jsonl records it, and the partition files mark the face as forgot
 evaluate.py writes summaries named <run>-unlearned<N>, to --compare with the run before. From Python:
 sisa.serving (serve_requests, verify_run, price_requests, write_report).
 """
-from sisa.cli import (Parser, add_option_args, add_summaries_arg, count, existing_file, options_from_args, positive_int,
+from sisa.cli import (Parser, add_option_args, add_summaries_arg, count, existing_file, options_from_args, positive_float,
+                      positive_int,
                       run_main, share)
 
 
@@ -37,6 +39,11 @@ def get_args_parser() -> Parser:
     p.add_argument("--scenario", metavar="SCENARIO",
                    help="--forget: who asks. likelihood (the request model), random (every training face alike), "
                         "group:RACE or group:RACE:AGE (only those faces), e.g. group:black (default likelihood)")
+    p.add_argument("--method", choices=("finetune", "neggrad", "random-label", "scrub"),
+                   help="with --forget on a 1x1 run: forget approximately with this method instead of retraining, the "
+                        "run left unchanged; a summary <run>-<scenario>-<method>-forget<pct> (default: exact retraining)")
+    p.add_argument("--method_lr", type=positive_float, default=None, metavar="LR",
+                   help="--method's peak learning rate (default: chosen on a validation split of fold 0's training faces)")
     p.add_argument("--batched", action="store_true",
                    help="serve each shard's requests together: one retraining from the earliest affected slice "
                         "(default off: one retraining per request, as SISA)")
@@ -67,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
 
     opts = options_from_args(args)
     world = distributed.setup(opts.device)       # torchrun: ranks share the requests' shards
+    if (args.method or args.method_lr is not None) and (not args.forget or args.cost):
+        raise SisaError("--method goes with --forget VOLUME, to forget a volume approximately (for example --scenario "
+                        "group:black --forget 0.05 --method scrub)")
+    if args.method_lr is not None and not args.method:
+        raise SisaError("--method_lr goes with --method")
     if not (args.requests or args.sample or args.forget or args.verify or args.cost or args.report):
         raise SisaError("say what to do: --requests FILE, --sample N or --forget VOLUME (serve), --verify, --cost "
                         "or --report")
@@ -99,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.cost:
         serving.price_requests(args.run_dir, opts, args.fold, args.request_model, args.batch_sizes or (), args.draws,
                                args.seed)
+        return 0
+    if args.method:
+        if args.fold is not None:
+            raise SisaError("--method forgets from every fold; leave --fold out")
+        serving.approximate_volume(args.run_dir, opts, args.scenario or "likelihood", args.forget, args.method,
+                                   args.summaries_dir, args.method_lr, args.seed)
         return 0
     serving.serve_requests(args.run_dir, opts, args.requests, args.sample, args.fold, args.seed, args.batched, world,
                            scenario=args.scenario, volume=args.forget)

@@ -132,6 +132,8 @@ class SummaryLayout:
     info = property(lambda self: self.root / f"{self.name}-info.json")
     logits = property(lambda self: self.root / f"{self.name}-logits.npz")
     features = property(lambda self: self.root / f"{self.name}-features.npz")   # the attack's, every face of every fold
+    tuning = property(lambda self: self.root / f"{self.name}-tuning.json")       # unlearn.py --method: the learning rate chosen
+    tuning_metrics = property(lambda self: self.root / f"{self.name}-tuning-metrics.jsonl")
     aggregations = property(lambda self: self.root / f"{self.name}-aggregations.csv")
     bars = property(lambda self: self.root / f"{self.name}-bars.png")
     heatmap = property(lambda self: self.root / f"{self.name}-heatmap.png")

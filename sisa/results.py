@@ -148,9 +148,9 @@ def rerun_section(pairs: list[tuple[Path, Path]]) -> str:
 
 
 def fresh_clone_section(paths: list[Path]) -> str:
-    """The quick start timed from fresh clones (benchmarks/fresh_clone.py)."""
+    """The quick start timed from fresh clones (benchmarks/fresh_clone.py), newest first."""
     rows = []
-    for p in paths:
+    for p in sorted(paths, reverse=True):
         d = json.loads(p.read_text())
         b, c = d["baseline_random_top1"], d["control_gap_change"]
         pr = d.get("protocol")
@@ -158,15 +158,20 @@ def fresh_clone_section(paths: list[Path]) -> str:
             f"{pr['epochs']} epochs, {pr['folds_run'] or pr['folds']} of {pr['folds']} folds, {pr['configurations']} "
             f"configurations" + "".join(f", {sc} at {', '.join(f'{100 * v:g}%' for v in pr['forget'])}" for sc in pr["scenarios"]))
         rows.append([d["date"], f"`{d['commit'][:7]}`", d["machine"]["device"], what, f"{d['study_wall_s'] / 60:.1f} min",
-                     f"{pct(b['value'])} {interval(b['ci_low'], b['ci_high'])}",
-                     f"{chg(c['change'])} {interval(c['ci_low'], c['ci_high'], True)} {c['verdict']}" if c else "–",
+                     f"{pct(b['value'])} {interval(b['ci_low'], b['ci_high'])} "
+                     + ("all faces" if b.get("statistic") == "accuracy_overall" else "random group, mean over classes"),
+                     f"{chg(c['change'])} {interval(c['ci_low'], c['ci_high'], True)} {c['verdict']} "
+                     + ("age-standardised gap" if c.get("statistic") == "gap_accuracy_standardised" else
+                        "mean-over-classes gap") if c else "–",
                      f"`{p.relative_to(PROJECT_ROOT).as_posix()}`"])
     return "\n".join([
         "## The quick start, timed from fresh clones", "",
         "`./setup.sh && .venv/bin/python study.py` in a new clone (`.venv/bin/python benchmarks/fresh_clone.py`): the wall "
-        "time of `study.py` (its preset chosen by `auto`; `setup.sh` not included), the report's baseline top-1 "
-        "(random group, %) and the positive control's change of the gap (points).", "",
-        table(["date", "commit", "machine", "what it ran (– : not recorded)", "study.py wall time", "baseline random",
+        "time of `study.py` (its preset chosen by `auto`; `setup.sh` not included), the report's baseline accuracy "
+        "(%, on all faces or, in studies before replicates, the original's mean over age classes of the random group) "
+        "and the positive control's change of the gap (points; the age-standardised gap, or before replicates the "
+        "original's). Rows before 2026-12-04 ran the former preset (4 epochs, all three folds, no scenario).", "",
+        table(["date", "commit", "machine", "what it ran (– : not recorded)", "study.py wall time", "baseline accuracy",
                "control: change of the gap", "source"], rows), ""])
 
 
@@ -195,9 +200,21 @@ def old_gpu_section(paths: list[Path]) -> str:
         table(["group", *(c["tag"] for c in configs)], rows), ""])
 
 
-def study_section(report_dir: Path) -> str:
+def study_section(report_dir: Path, root: Path = PROJECT_ROOT) -> str:
     data = json.loads(StudyLayout(report_dir).report_json.read_text())
     s = data["settings"]
+    if data.get("format") == 2:                  # a study of replicates
+        from .study.report import render as render2
+        from .study.settings import Settings, command_line
+        prefix = f"{report_dir.relative_to(root).as_posix()}/"
+        body = render2(data)
+        for figs in data.get("figures", {}).values():
+            for path in figs.values():
+                body = body.replace(f"]({path})", f"]({prefix}{path})")
+        body = "\n".join("#" + line if line.startswith("#") else line for line in body.splitlines()) + "\n"
+        md = StudyLayout(report_dir).report_md.relative_to(root).as_posix()
+        command = command_line(Settings.from_dict(s))
+        return body.replace("\n", f"\n\n`{command}` writes `reports/{s['name']}/` (the committed report: `{md}`)\n", 1)
     command = [".venv/bin/python study.py", f"--preset {s['preset']}", f"--name {s['name']}"]
     if s["seeds"] > 1:
         command.append(f"--seeds {s['seeds']}")
@@ -216,7 +233,7 @@ def build(root: Path = PROJECT_ROOT, sources: dict = RESULTS_SOURCES) -> str:
         parts.append(summary_section(present))
     for d in sources["reports"]:
         if StudyLayout(root / d).report_json.exists():
-            parts.append(study_section(root / d))
+            parts.append(study_section(root / d, root))
     reruns = [(root / old, root / new) for old, new in sources["recipe_reruns"]
               if StudyLayout(root / new).report_json.exists()]
     if reruns:

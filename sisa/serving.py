@@ -190,6 +190,60 @@ def verify_run(run: str | Path | RunLayout, opts: Options, fold: int | None = No
     return not bad
 
 
+def approximate_volume(run: str | Path | RunLayout, opts: Options, scenario: str, volume: float, method: str,
+                       summaries_dir: Path, lr: float | None = None, seed: int | None = None,
+                       say: Say = print) -> dict:
+    """Approximate unlearning of a 1x1 run (approximate.py): `method` forgets the scenario's volume from
+    the trained model of every fold, within a tenth of retraining's image-steps; the run itself is not
+    changed. The test faces' predictions and every face's features go to the summary
+    <run>-<scenario>-<method>-forget<pct> in `summaries_dir`. `lr` None: chosen on a validation split of
+    fold 0's training faces (tuning.py), the choice saved beside the summary. Returns the method's facts.
+
+        serving.approximate_volume("random-kfold-slice-1x1", Options(), "group:black", 0.05, "scrub", Path("summaries"))
+    """
+    import dataclasses
+
+    from . import approximate, scenarios, tuning
+    from .training import Trainer
+    if method not in approximate.METHODS:
+        raise SisaError(f"--method {method!r} is invalid: choose from {', '.join(approximate.METHODS)}")
+    layout = _layout(run, opts)
+    with _opened(layout, opts, None, say=say) as (exp, _):
+        cfg = exp.cfg
+        if cfg.num_shards * cfg.num_slices != 1:
+            raise SisaError(f"--method applies approximate unlearning to a 1x1 run (the monolith); {cfg.name} has "
+                            f"{cfg.num_shards} shard(s) x {cfg.num_slices} slice(s): serve it exactly with --forget alone")
+        if any(p["forgotten"].any() for p in exp.partitions):
+            raise SisaError(f"run {cfg.name} has served requests; approximate methods start from the trained model "
+                            "(train it again under another name)")
+        usable_folds(layout, cfg, exp.partitions, "unlearn")
+        seed = cfg.seed if seed is None else seed
+        summary = SummaryLayout(Path(summaries_dir), f"{cfg.name}-{scenarios.parse(scenario).tag}-{method}-"
+                                                     f"forget{100 * volume:g}")
+        if summary.predictions.exists():
+            raise SisaError(f"summary {summary.name} exists already in {summaries_dir}; delete its files or pass "
+                            "another --summaries_dir")
+        for k, part in enumerate(exp.partitions):       # an impossible volume: one line, before any training
+            scenarios.forget_set(part, scenarios.parse(scenario), volume, seed, k)
+        full = open_run(layout, opts, with_images=True)
+        trainer = Trainer(full, opts)
+        if lr is None:
+            say(f"choosing {method}'s learning rate on a validation split of fold 0's training faces (tuning.py)")
+            tuned = tuning.tune(full, trainer, [scenario], volume, [method], seed, summary.tuning_metrics, say=say)
+            m = tuning.chosen(tuned, scenario, method, cfg.batch_size)
+        else:
+            tuned = None
+            m = dataclasses.replace(approximate.Method(method, batch_size=cfg.batch_size, **approximate.DEFAULTS[method]),
+                                    lr=lr)
+        facts = approximate.unlearn_run(full, trainer, scenario, volume, m, summary, seed)
+        if tuned is not None:
+            tuning.save(summary.tuning, tuned)
+    say(f"{method} forgot {scenario} at {volume:g} from {cfg.name} ({'DIVERGED, ' if facts['diverged'] else ''}"
+        f"lr {m.lr:.2g}, {facts['image_steps']:,} image-steps, {facts['seconds']:.0f} s); the run is unchanged; "
+        f"summary {summary.name} in {summaries_dir}")
+    return facts
+
+
 def price_volume(run: str | Path | RunLayout, opts: Options, scenario: str, volume: float, fold: int | None = None,
                  seed: int | None = None, say: Say = print) -> list[dict]:
     """The exact cost of forgetting a volume of a scenario (scenarios.py) in one step, for every fold

@@ -107,3 +107,24 @@ def test_learning_rates_are_chosen_on_a_validation_split_of_training_faces(monol
     labels[test] = 99
     again = tune(images, labels)["scenarios"]["random"]
     assert again["methods"] == entry["methods"] and again["target"] == entry["target"]
+
+
+@pytest.mark.slow
+def test_unlearn_py_forgets_approximately_and_leaves_the_run_as_it_was(monolith, tmp_path):
+    """unlearn.py --method: a summary of the method's model; the run's checkpoints untouched; a SISA run,
+    or --method without --forget, is one clear line."""
+    from helpers import call_script, error_line, run_script
+    exp, _ = monolith
+    before = {p: p.read_bytes() for p in exp.layout.root.rglob("*.pt")}
+    out = run_script("unlearn.py", "--run_dir", exp.layout.root, "--scenario", "random", "--forget", 0.2,
+                     "--method", "finetune", "--summaries_dir", tmp_path, "--device", "cpu").stdout
+    name = f"{exp.cfg.name}-random-finetune-forget20"
+    assert f"finetune forgot random at 0.2 from {exp.cfg.name}" in out and "the run is unchanged" in out
+    for suffix in ("predictions.csv", "features.npz", "info.json", "tuning.json"):
+        assert (tmp_path / f"{name}-{suffix}").stat().st_size > 0
+    assert {p: p.read_bytes() for p in exp.layout.root.rglob("*.pt")} == before
+    again = call_script("unlearn.py", "--run_dir", exp.layout.root, "--scenario", "random", "--forget", 0.2,
+                        "--method", "finetune", "--summaries_dir", tmp_path, "--device", "cpu")
+    assert again.returncode != 0 and f"summary {name} exists already" in error_line(again)
+    alone = call_script("unlearn.py", "--run_dir", exp.layout.root, "--method", "scrub")
+    assert alone.returncode != 0 and "--method goes with --forget VOLUME" in error_line(alone)

@@ -261,6 +261,12 @@ def test_presets_and_overrides_resolve_to_complete_settings():
     assert Settings.from_dict(old, fallback=s).folds_run is None
     with pytest.raises(SisaError, match="--folds_run 4 is invalid"):
         resolve_settings("cpu", {"folds_run": 4}, None)
+    from sisa.study.settings import command_line
+    assert command_line(resolve_settings("cpu", {}, "cpu")) == ".venv/bin/python study.py --preset cpu --name cpu"
+    approx = resolve_settings("cpu", {"replicates": 2, "aa": False, "scenarios": ["random"], "forget": [0.05, 0.1],
+                                      "methods": ["scrub"], "folds_run": 0}, "a")
+    assert command_line(approx) == (".venv/bin/python study.py --preset cpu --name a --replicates 2 --no_aa --scenarios "
+                                    "random --forget 0.05 0.1 --methods scrub --folds_run all")
     poster = resolve_settings("poster", {"weights": "none"}, None)
     assert (poster.image_size, poster.model, poster.recipe, poster.folds, poster.tests) == (200, "resnet18", "original", 5,
                                                                                             ("balanced",))

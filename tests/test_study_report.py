@@ -111,6 +111,12 @@ def test_results_md_reads_a_study_of_replicates(monkeypatch, tmp_path):
     summary = results.summary_section([layout.root])
     assert "`toy`, kfold test (600 test faces, 2 replicate(s), gaps against black)" in summary
     assert "Positive control by dose: 50%" in summary and "A/A (two uniform placements)" in summary
+    d["figures"] = {"kfold": {"accuracy": "kfold-accuracy.png"}}
+    layout.report_json.write_text(json.dumps(d))
+    section = results.study_section(layout.root, tmp_path)
+    assert section.startswith("## Study `toy`") and "\n### The answer" in section
+    assert "`.venv/bin/python study.py --preset cpu --name toy --replicates 2" in section
+    assert "](toy/kfold-accuracy.png)" in section and "(the committed report: `toy/report.md`)" in section
 
 
 @pytest.mark.parametrize("replicates", [1, 2])
@@ -118,3 +124,24 @@ def test_one_replicate_has_only_the_faces_error(monkeypatch, replicates):
     t = data(monkeypatch, replicates=replicates)["tests"]["kfold"]
     c = t["comparisons"]["placement vs uniform"][0]
     assert (c["se_replicates"] == 0) == (replicates == 1) and c["se_faces"] > 0
+
+
+def test_plain_words_say_which_method_forgets_unevenly_across_races():
+    """uneven_forgetting: a method whose forget-face AUC stays above retraining's for one race only is
+    called uneven, one within retraining's intervals for every race is not; a weak attack gets no verdict."""
+    from sisa.study.report import uneven_forgetting
+
+    def model(aucs, half=0.02, diverged=False):
+        return {"diverged": diverged, "attack": {"logistic": {"by_race": {
+            race: {"auc_forget": a, "auc_forget_ci": [a - half, a + half]} for race, a in aucs.items()}}}}
+    base = {"white": 0.50, "black": 0.51}
+    mem = {"random 0.1": {"too_weak": None, "models": {
+        "original": model({"white": 0.60, "black": 0.60}), "retrained": model(base),
+        "finetune": model({"white": 0.58, "black": 0.51}), "scrub": model({"white": 0.505, "black": 0.50}),
+        "neggrad": model(base, diverged=True)}},
+        "group:black 0.05": {"too_weak": "the attack is too weak to judge forgetting", "models": {}}}
+    lines = uneven_forgetting({"forgetting": {"membership": mem}})
+    assert lines[0].startswith("random at 10%: ")
+    assert "finetune forgets **unevenly**: white +8.0 [+5.2, +10.8] against retraining, black not" in lines[0]
+    assert "scrub forgets every race as retraining does" in lines[0] and "neggrad diverged" in lines[0]
+    assert lines[1].startswith("group:black at 5%: no forgetting verdict")

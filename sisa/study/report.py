@@ -124,6 +124,9 @@ def answer(t: dict, s: dict, h: str) -> list[str]:
         if cs:
             out.append(f"- **After forgetting {100 * float(top):g}%, against before**: " + "; ".join(
                 f"{labelled(c.run, c.phase)} {said(c)}" for c in cs) + ".")
+    for line in uneven_forgetting(t):
+        out.append(f"- **Forgetting by race, {line.split(':', 1)[0]}** (approximate methods against exact retraining, the "
+                   f"membership attack's AUC on forget faces):{line.split(':', 1)[1]}.")
     dr = t.get("dose_response") or {}
     if dr.get("doses"):
         small = dr["smallest_detected"]
@@ -470,15 +473,51 @@ def save_predictions(layout: StudyLayout, data: dict, summaries_dir: Path) -> di
     return saved
 
 
+def uneven_forgetting(t: dict) -> list[str]:
+    """Plain words on which approximate methods forget unevenly across races: per scenario and volume,
+    the races whose forget faces an attack still tells apart more (or less) than after exact
+    retraining (the AUC gap's interval excludes 0), beside those it does not."""
+    mem = (t.get("forgetting") or {}).get("membership") or {}
+    out = []
+    for key, m in mem.items():
+        sc, _, v = key.rpartition(" ")
+        where = f"{sc} at {100 * float(v):g}%"
+        if m["too_weak"]:
+            out.append(f"{where}: no forgetting verdict (the attack cannot tell the original model's forget faces from "
+                       "test faces)")
+            continue
+        said_ = []
+        for name, p in m["models"].items():
+            if name in ("original", "retrained"):
+                continue
+            g = {race: x for race, x in race_gaps(m, name).items() if x is not None}
+            if p["diverged"]:
+                said_.append(f"{name} diverged")
+                continue
+            off = {race: x for race, x in g.items() if x[1] > 0 or x[2] < 0}
+            if not off:
+                said_.append(f"{name} forgets every race as retraining does (no race's AUC gap excludes 0)")
+            elif len(off) == len(g) and len({np.sign(x[0]) for x in off.values()}) == 1:
+                said_.append(f"{name} differs from retraining for every race alike (" + ", ".join(
+                    f"{race} {100 * x[0]:+.1f} [{100 * x[1]:+.1f}, {100 * x[2]:+.1f}]" for race, x in off.items()) + ")")
+            else:
+                said_.append(f"{name} forgets **unevenly**: " + ", ".join(
+                    f"{race} {100 * x[0]:+.1f} [{100 * x[1]:+.1f}, {100 * x[2]:+.1f}]" for race, x in off.items())
+                    + " against retraining, " + (", ".join(r_ for r_ in g if r_ not in off) or "no race") + " not")
+        out.append(f"{where}: " + "; ".join(said_))
+    return out
+
+
 def summary_lines(r: dict) -> list[str]:
     """RESULTS.md's sentences for a study of replicates (results.summary_section), from report.json."""
     s, out = r["settings"], []
     for test, t in r["tests"].items():
         ref = t["reference_race"]
+        placed = comparisons(t, "placement vs uniform")
         out.append(f"- **`{r['study']}`, {test} test ({t['faces']['tested']:,} test faces, {s['replicates']} replicate(s), "
                    f"gaps against {ref}).** "
-                   + "; ".join(f"{title(c.run)} versus uniform {said(c)}" for c in comparisons(t, "placement vs uniform"))
-                   + ".")
+                   + ("; ".join(f"{title(c.run)} versus uniform {said(c)}" for c in placed) + "." if placed else
+                      "No placement was compared with uniform in this study."))
         aa_ = comparisons(t, "A/A: uniform-b vs uniform")
         if aa_:
             out.append(f"  A/A (two uniform placements): {said(aa_[0])}"
@@ -493,4 +532,14 @@ def summary_lines(r: dict) -> list[str]:
         base, uni = level(t, "baseline", "accuracy_overall"), level(t, "uniform", "accuracy_overall")
         if base and uni:
             out.append(f"  Accuracy on all faces: baseline {lv(base)}%, uniform {lv(uni)}%.")
+        f = t.get("forgetting")
+        if f:
+            top = max(f["volumes"])
+            for fam, lead in (("forgetting: group vs random", f"Who asks, at {100 * top:g}% (a group against as many random requests)"),
+                              ("forgetting: after vs before", f"After forgetting {100 * top:g}%, against before")):
+                cs = [c for c in comparisons(t, fam) if c.phase.endswith(f" {top:g}") and c.statistic == PRIMARY]
+                if cs:
+                    out.append(f"  {lead}: " + "; ".join(f"{labelled(c.run, c.phase)} {said(c)}" for c in cs) + ".")
+        for line in uneven_forgetting(t):
+            out.append(f"  Forgetting by race, {line}.")
     return out

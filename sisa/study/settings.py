@@ -1,7 +1,7 @@
 """What a study computes: its configurations, presets and settings, and which settings make a run.
 
 A study's settings fall in three kinds, and only the first makes a run what it is:
-  run settings       image size, model, recipe, epochs, folds, shards, ...: a change retrains every
+  run settings       image size, model, recipe, epochs, folds, folds run, shards, ...: a change retrains every
                      run (study.py asks for --overwrite, or another --name); so does a smaller
                      --sample, while a larger one serves the further requests on top (one fixed draw)
   which runs         --replicates, --configs, --control, --control_doses, --aa, --test: adding
@@ -195,6 +195,35 @@ class Settings:
                       "control_doses": tuple(values.get("control_doses", (1.0,))),
                       "scenarios": tuple(values.get("scenarios", ())), "forget": tuple(values.get("forget", ())),
                       "methods": tuple(values.get("methods", ()))})
+
+
+def command_line(s: Settings) -> str:
+    """The study.py command that makes these settings: the preset, the name, and a flag for every
+    setting that differs from the preset's."""
+    base = Settings(name=s.name, preset=s.preset, **{**PRESETS[s.preset], "tests": tuple(PRESETS[s.preset]["tests"]),
+                                                     **{k: tuple(v) for k, v in PRESETS[s.preset].items()
+                                                        if isinstance(v, list)}})
+    flags = {"tests": "--test", "replicates": "--replicates"}
+    out = [".venv/bin/python study.py", f"--preset {s.preset}", f"--name {s.name}"]
+    for f in dataclasses.fields(s):
+        k, v, d = f.name, getattr(s, f.name), getattr(base, f.name)
+        if k in ("name", "preset") or v == d:
+            continue
+        if k in ("aa", "control"):
+            out.append(f"--{k}" if v else f"--no_{k}")
+        elif k == "tests":
+            out.append(f"--test {'both' if len(v) > 1 else v[0]}")
+        elif k == "scenarios" and not v:
+            out.append("--scenarios none")
+        elif k in ("forget", "methods", "control_doses") and not v:
+            continue                                   # follows --scenarios none / needs nothing
+        elif k == "folds_run" and v is None:
+            out.append("--folds_run all")
+        elif isinstance(v, tuple):
+            out.append(f"{flags.get(k, '--' + k)} " + " ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v))
+        elif v is not None:
+            out.append(f"{flags.get(k, '--' + k)} {v}")
+    return " ".join(out)
 
 
 def replicate_seed(seed: int, replicate: int) -> int:
