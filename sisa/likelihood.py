@@ -17,8 +17,6 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-from scipy.interpolate import CubicSpline
-from scipy.stats import hmean
 
 from .data import MAX_AGE
 from .errors import SisaError
@@ -44,7 +42,9 @@ def parse_factors(spec: str) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=1)
-def age_spline() -> CubicSpline:
+def age_spline():
+    """k of an age: a cubic spline through AGE_KNOTS (scipy's, imported here: only the age factor needs it)."""
+    from scipy.interpolate import CubicSpline
     ages, k = zip(*AGE_KNOTS)
     return CubicSpline(ages, k)
 
@@ -60,7 +60,7 @@ def knowledge(table: pd.DataFrame, factors: tuple[str, ...]) -> np.ndarray:
         parts.append(np.asarray(GENDER_KNOWLEDGE)[table["gender"].to_numpy()])
     if "race" in factors:
         parts.append(np.asarray(RACE_KNOWLEDGE)[table["race"].to_numpy()])
-    return hmean(np.stack(parts), axis=0)
+    return 1.0 / np.mean(1.0 / np.stack(parts), axis=0)     # the harmonic mean, bit for bit scipy.stats.hmean's
 
 
 def request_probability(k: np.ndarray, high: np.ndarray) -> np.ndarray:
