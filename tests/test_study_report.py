@@ -127,21 +127,31 @@ def test_one_replicate_has_only_the_faces_error(monkeypatch, replicates):
 
 
 def test_plain_words_say_which_method_forgets_unevenly_across_races():
-    """uneven_forgetting: a method whose forget-face AUC stays above retraining's for one race only is
-    called uneven, one within retraining's intervals for every race is not; a weak attack gets no verdict."""
+    """uneven_forgetting: a method whose forget-face AUC gap to retraining differs between two races
+    beyond their intervals is uneven; one race outside retraining's interval while a wider one is not
+    is not enough; a weak attack gets no verdict."""
     from sisa.study.report import uneven_forgetting
 
     def model(aucs, half=0.02, diverged=False):
         return {"diverged": diverged, "attack": {"logistic": {"by_race": {
-            race: {"auc_forget": a, "auc_forget_ci": [a - half, a + half]} for race, a in aucs.items()}}}}
-    base = {"white": 0.50, "black": 0.51}
+            race: {"auc_forget": a, "auc_forget_ci": [a - h, a + h]} for race, (a, h) in aucs.items()}}}}
+    base = {"white": (0.50, 0.02), "black": (0.51, 0.02), "asian": (0.50, 0.08)}
     mem = {"random 0.1": {"too_weak": None, "models": {
-        "original": model({"white": 0.60, "black": 0.60}), "retrained": model(base),
-        "finetune": model({"white": 0.58, "black": 0.51}), "scrub": model({"white": 0.505, "black": 0.50}),
+        "original": model({"white": (0.6, 0.02), "black": (0.6, 0.02), "asian": (0.6, 0.08)}), "retrained": model(base),
+        "finetune": model({"white": (0.58, 0.02), "black": (0.51, 0.02), "asian": (0.5, 0.08)}),
+        "scrub": model({"white": (0.53, 0.02), "black": (0.51, 0.02), "asian": (0.55, 0.08)}),
         "neggrad": model(base, diverged=True)}},
         "group:black 0.05": {"too_weak": "the attack is too weak to judge forgetting", "models": {}}}
-    lines = uneven_forgetting({"forgetting": {"membership": mem}})
-    assert lines[0].startswith("random at 10%: ")
-    assert "finetune forgets **unevenly**: white +8.0 [+5.2, +10.8] against retraining, black not" in lines[0]
-    assert "scrub forgets every race as retraining does" in lines[0] and "neggrad diverged" in lines[0]
-    assert lines[1].startswith("group:black at 5%: no forgetting verdict")
+    (where, what), (where2, what2) = uneven_forgetting({"forgetting": {"membership": mem}})
+    assert where == "random at 10%" and where2 == "group:black at 5%" and what2.startswith("no forgetting verdict")
+    finetune, scrub, neggrad = what.split("; ", 1)[0], what.split("scrub", 1)[1], what.rsplit("; ", 1)[1]
+    assert finetune == "finetune leaves white +8.0 [+5.2, +10.8] apart from retraining (black, asian within it)"
+    assert "**uneven across races**: white vs black +8.0" in what                    # 8 points, intervals of 2.8 each
+    assert "white +3.0 [+0.2, +5.8] apart from retraining" in scrub                  # one race outside retraining's ...
+    assert "even across races as far as the study can tell (no two races' gaps differ, 3 pairs)" in scrub  # ... not uneven
+    assert neggrad == "neggrad diverged"
+    from sisa.study.report import forgetting_headline
+    head = forgetting_headline({"forgetting": {"membership": mem}})
+    assert head.startswith("Forgetting unevenly across races: finetune (random at 10%)")
+    assert ("finetune, scrub leave some race's forget faces more recognisable as members than exact retraining does "
+            "(under-forgetting) in every scenario and volume judged (1)") in head

@@ -124,9 +124,12 @@ def answer(t: dict, s: dict, h: str) -> list[str]:
         if cs:
             out.append(f"- **After forgetting {100 * float(top):g}%, against before**: " + "; ".join(
                 f"{labelled(c.run, c.phase)} {said(c)}" for c in cs) + ".")
-    for line in uneven_forgetting(t):
-        out.append(f"- **Forgetting by race, {line.split(':', 1)[0]}** (approximate methods against exact retraining, the "
-                   f"membership attack's AUC on forget faces):{line.split(':', 1)[1]}.")
+    head = forgetting_headline(t)
+    if head:
+        out.append(f"- **Approximate unlearning, forgetting by race**: {head}")
+    for where, what in uneven_forgetting(t):
+        out.append(f"- **Forgetting by race, {where}** (each approximate method's forget-face AUC minus exact "
+                   f"retraining's, x100, by race): {what}.")
     dr = t.get("dose_response") or {}
     if dr.get("doses"):
         small = dr["smallest_detected"]
@@ -473,39 +476,86 @@ def save_predictions(layout: StudyLayout, data: dict, summaries_dir: Path) -> di
     return saved
 
 
-def uneven_forgetting(t: dict) -> list[str]:
-    """Plain words on which approximate methods forget unevenly across races: per scenario and volume,
-    the races whose forget faces an attack still tells apart more (or less) than after exact
-    retraining (the AUC gap's interval excludes 0), beside those it does not."""
+def uneven_forgetting(t: dict, facts: dict | None = None) -> list[tuple[str, str]]:
+    """Plain words on how each approximate method forgets each race, per scenario and volume:
+    (where, what). Which races' forget faces the attack tells apart more (or less) than after exact
+    retraining (the race's AUC gap to retraining excludes 0); and whether the method forgets
+    *unevenly*: some pair of races whose gaps differ beyond their intervals (Bonferroni over the pairs),
+    not merely one race's interval excluding 0 where another's, wider, does not. `facts`, when given,
+    receives {(where, method): {"apart": races, "uneven": True/False/None (not judged)}}."""
+    from itertools import combinations
+
+    from scipy.stats import norm
     mem = (t.get("forgetting") or {}).get("membership") or {}
     out = []
+
+    def shown(race: str, x: tuple) -> str:
+        return f"{race} {100 * x[0]:+.1f} [{100 * x[1]:+.1f}, {100 * x[2]:+.1f}]"
     for key, m in mem.items():
         sc, _, v = key.rpartition(" ")
         where = f"{sc} at {100 * float(v):g}%"
         if m["too_weak"]:
-            out.append(f"{where}: no forgetting verdict (the attack cannot tell the original model's forget faces from "
-                       "test faces)")
+            out.append((where, "no forgetting verdict (the attack cannot tell the original model's forget faces from "
+                               "test faces)"))
             continue
         said_ = []
         for name, p in m["models"].items():
             if name in ("original", "retrained"):
                 continue
-            g = {race: x for race, x in race_gaps(m, name).items() if x is not None}
             if p["diverged"]:
                 said_.append(f"{name} diverged")
                 continue
+            g = {race: x for race, x in race_gaps(m, name).items() if x is not None}
             off = {race: x for race, x in g.items() if x[1] > 0 or x[2] < 0}
-            if not off:
-                said_.append(f"{name} forgets every race as retraining does (no race's AUC gap excludes 0)")
-            elif len(off) == len(g) and len({np.sign(x[0]) for x in off.values()}) == 1:
-                said_.append(f"{name} differs from retraining for every race alike (" + ", ".join(
-                    f"{race} {100 * x[0]:+.1f} [{100 * x[1]:+.1f}, {100 * x[2]:+.1f}]" for race, x in off.items()) + ")")
+            text = (f"{name} leaves " + ", ".join(shown(r_, x) for r_, x in off.items()) + " apart from retraining"
+                    + (f" ({', '.join(r_ for r_ in g if r_ not in off)} within it)" if len(off) < len(g) else "")
+                    if off else f"{name} is within retraining's intervals for every race")
+            pairs = list(combinations(g, 2))
+            fact = {"apart": {r_: x[0] for r_, x in off.items()}, "uneven": None}
+            if facts is not None:
+                facts[(where, name)] = fact
+            if pairs:
+                z = norm.ppf(1 - 0.025 / len(pairs)) / norm.ppf(0.975)
+                wide = []
+                for a, b in pairs:
+                    d = g[a][0] - g[b][0]
+                    h = z * np.hypot((g[a][2] - g[a][1]) / 2, (g[b][2] - g[b][1]) / 2)
+                    if abs(d) > h:
+                        wide.append(f"{a} vs {b} {100 * d:+.1f} [{100 * (d - h):+.1f}, {100 * (d + h):+.1f}]")
+                fact["uneven"] = bool(wide)
+                text += ("; **uneven across races**: " + ", ".join(wide) if wide else
+                         f"; even across races as far as the study can tell (no two races' gaps differ, {len(pairs)} pairs)")
             else:
-                said_.append(f"{name} forgets **unevenly**: " + ", ".join(
-                    f"{race} {100 * x[0]:+.1f} [{100 * x[1]:+.1f}, {100 * x[2]:+.1f}]" for race, x in off.items())
-                    + " against retraining, " + (", ".join(r_ for r_ in g if r_ not in off) or "no race") + " not")
-        out.append(f"{where}: " + "; ".join(said_))
+                text += " (one race forgotten: evenness cannot be judged)"
+            said_.append(text)
+        out.append((where, "; ".join(said_)))
     return out
+
+
+def forgetting_headline(t: dict) -> str | None:
+    """One sentence over every scenario and volume: which methods forget unevenly across races (where
+    that can be judged), and which leave forget faces apart from exact retraining everywhere."""
+    facts: dict = {}
+    uneven_forgetting(t, facts)
+    if not facts:
+        return None
+    methods = list(dict.fromkeys(m for _, m in facts))
+    judged = list(dict.fromkeys(w for (w, _), f in facts.items() if f["uneven"] is not None))
+    uneven = {m: [w for (w, m_), f in facts.items() if m_ == m and f["uneven"]] for m in methods}
+    uneven = {m: ws for m, ws in uneven.items() if ws}
+    apart = [m for m in methods if all(f["apart"] for (w, m_), f in facts.items() if m_ == m)]
+    first = ("No method forgets unevenly across races where that can be judged (" + ", ".join(judged) + ")"
+             if judged and not uneven else
+             "Forgetting unevenly across races: " + "; ".join(f"{m} ({', '.join(ws)})" for m, ws in uneven.items())
+             if uneven else "Evenness across races could not be judged (each scenario forgets one race)")
+    signs = {np.sign(g) for (w, m_), f in facts.items() if m_ in apart for g in f["apart"].values()}
+    how = ("more recognisable as members than exact retraining does (under-forgetting)" if signs == {1.0} else
+           "less recognisable as members than exact retraining does (over-forgetting)" if signs == {-1.0} else
+           "apart from exact retraining (more recognisable for some races, less for others)")
+    second = (f"{', '.join(apart)} leave{'s' if len(apart) == 1 else ''} some race's forget faces {how} in every "
+              f"scenario and volume judged ({len(facts) // len(methods)})" if apart else
+              "no method is apart from exact retraining in every scenario and volume")
+    return f"{first}; {second}."
 
 
 def summary_lines(r: dict) -> list[str]:
@@ -540,6 +590,10 @@ def summary_lines(r: dict) -> list[str]:
                 cs = [c for c in comparisons(t, fam) if c.phase.endswith(f" {top:g}") and c.statistic == PRIMARY]
                 if cs:
                     out.append(f"  {lead}: " + "; ".join(f"{labelled(c.run, c.phase)} {said(c)}" for c in cs) + ".")
-        for line in uneven_forgetting(t):
-            out.append(f"  Forgetting by race, {line}.")
+        head = forgetting_headline(t)
+        if head:
+            out.append(f"  **Approximate unlearning, forgetting by race** (the membership attack on forget faces, each "
+                       f"method against exact retraining): {head}")
+        for where, what in uneven_forgetting(t):
+            out.append(f"  Forgetting by race, {where} (forget-face AUC minus retraining's, x100): {what}.")
     return out
