@@ -32,7 +32,7 @@ NAME = "sorted-balanced-slice-2x3"
 def trained(faces_dir, cache_dir, tmp_path_factory):
     ck = tmp_path_factory.mktemp("trained")
     exp = prepare(RunConfig(**TINY), Options(data_dir=faces_dir, cache_dir=cache_dir, checkpoints_dir=ck, progress=False))
-    train_run(exp, Options(progress=False, device="cpu"))
+    train_run(exp, Options(progress=False, device="cpu", precision="fp32"))    # fp32 on any CPU (auto: bf16 where native)
     return ck
 
 
@@ -41,7 +41,7 @@ def trained_strong(faces_dir, cache_dir, tmp_path_factory):
     ck = tmp_path_factory.mktemp("trained-strong")
     exp = prepare(RunConfig(**TINY, recipe="strong"),
                   Options(data_dir=faces_dir, cache_dir=cache_dir, checkpoints_dir=ck, progress=False))
-    train_run(exp, Options(progress=False, device="cpu"))
+    train_run(exp, Options(progress=False, device="cpu", precision="fp32"))
     return ck
 
 
