@@ -36,7 +36,7 @@ def get_args_parser() -> Parser:
     g.add_argument("--folds", type=positive_int, help="folds (k of the k-fold test)")
     g.add_argument("--folds_run", type=folds_run_arg, metavar="N|all",
                    help="k-fold test: train and test only the first N of the k folds, or all (the cpu preset runs 1 of "
-                        "3: replicates, not folds, carry its intervals)"),
+                        "3: replicates, not folds, carry its intervals)")
     g.add_argument("--test", dest="tests", choices=("balanced", "kfold", "both"), help="test set(s)")
     g.add_argument("--test_per_cell", type=count, help="balanced test: faces per race x age class")
     g.add_argument("--test_random", type=count, help="balanced test: extra random faces")

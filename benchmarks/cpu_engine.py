@@ -137,10 +137,12 @@ def whole_train(a: argparse.Namespace, tmp: Path, baseline_step: float) -> dict:
 
 def epoch_seconds(run_dir: Path) -> float:
     """Seconds a run spent inside its training epochs (its metrics records): train.py's time less start-up."""
+    from sisa.config import RunConfig
     from sisa.layout import RunLayout
-    from sisa.store import read_jsonl
+    from sisa.store import read_json, read_jsonl
     layout = RunLayout(run_dir)
-    return sum(r["seconds"] for f in range(3) if layout.metrics(f).exists() for r in read_jsonl(layout.metrics(f)))
+    folds = RunConfig.from_dict(read_json(layout.config)).n_folds
+    return sum(r["seconds"] for f in range(folds) for r in read_jsonl(layout.metrics(f)))
 
 
 def sisa_run(a: argparse.Namespace, tmp: Path) -> dict:

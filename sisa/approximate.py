@@ -59,6 +59,11 @@ class Method:
     temperature: float = 4.0    # scrub: softmax temperature of the KL terms
 
 
+def configured(name: str, batch_size: int = 128, lr: float | None = None) -> Method:
+    """The method with its settings (DEFAULTS), at learning rate `lr` when given (a study's: tuning.py)."""
+    return Method(name, batch_size=batch_size, **{**DEFAULTS[name], **({} if lr is None else {"lr": lr})})
+
+
 def _forget_labels(labels: torch.Tensor, rows: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """A random wrong class for each forget face."""
     shift = torch.randint(1, NUM_CLASSES, (len(rows),), generator=gen).to(labels.device)

@@ -201,9 +201,8 @@ def approximate_volume(run: str | Path | RunLayout, opts: Options, scenario: str
 
         serving.approximate_volume("random-kfold-slice-1x1", Options(), "group:black", 0.05, "scrub", Path("summaries"))
     """
-    import dataclasses
-
     from . import approximate, scenarios, tuning
+    from .store import write_json
     from .training import Trainer
     if method not in approximate.METHODS:
         raise SisaError(f"--method {method!r} is invalid: choose from {', '.join(approximate.METHODS)}")
@@ -232,12 +231,10 @@ def approximate_volume(run: str | Path | RunLayout, opts: Options, scenario: str
             tuned = tuning.tune(full, trainer, [scenario], volume, [method], seed, summary.tuning_metrics, say=say)
             m = tuning.chosen(tuned, scenario, method, cfg.batch_size)
         else:
-            tuned = None
-            m = dataclasses.replace(approximate.Method(method, batch_size=cfg.batch_size, **approximate.DEFAULTS[method]),
-                                    lr=lr)
+            tuned, m = None, approximate.configured(method, cfg.batch_size, lr)
         facts = approximate.unlearn_run(full, trainer, scenario, volume, m, summary, seed)
         if tuned is not None:
-            tuning.save(summary.tuning, tuned)
+            write_json(summary.tuning, tuned)
     say(f"{method} forgot {scenario} at {volume:g} from {cfg.name} ({'DIVERGED, ' if facts['diverged'] else ''}"
         f"lr {m.lr:.2g}, {facts['image_steps']:,} image-steps, {facts['seconds']:.0f} s); the run is unchanged; "
         f"summary {summary.name} in {summaries_dir}")

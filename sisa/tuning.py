@@ -23,16 +23,14 @@ function of the replicate's faces and settings, and it is recorded in the study 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 
 import numpy as np
 
 from . import mia, scenarios
-from .approximate import DEFAULTS, Method, apply, model_logits
+from .approximate import DEFAULTS, Method, apply, configured, model_logits
 from .recipe import get_recipe
 from .seeding import rng
-from .store import write_json
 
 VALIDATION_SHARE = 0.2
 GRID = (1 / 3, 1.0, 3.0)        # multiples of each method's default learning rate (approximate.DEFAULTS)
@@ -109,8 +107,8 @@ def tune(exp, trainer, scenario_names: list[str], volume: float, methods: list[s
             cands = []
             for lr in grid(m):
                 model = copy.deepcopy(original)
-                method = dataclasses.replace(Method(m, batch_size=cfg.batch_size, **DEFAULTS[m]), lr=lr)
-                facts = apply(model, trainer.images, trainer.labels, retain, forget, method, get_recipe(cfg.recipe),
+                facts = apply(model, trainer.images, trainer.labels, retain, forget, configured(m, cfg.batch_size, lr),
+                              get_recipe(cfg.recipe),
                               cfg.epochs, (*cfg.stage_keys(0, 0, 0), "tuning", name))
                 got = None if facts["diverged"] else measures(model, trainer, forget, scored, v_rows, mirrored)
                 cands.append({"lr": lr, "diverged": facts["diverged"], "measures": got,
@@ -135,9 +133,4 @@ def missing(tuning: dict | None, scenario_names, methods) -> list[tuple[str, str
 
 def chosen(tuning: dict, scenario: str, method: str, batch_size: int) -> Method:
     """The method with the learning rate tuning chose for the scenario."""
-    lr = tuning["scenarios"][scenario]["methods"][method]["lr"]
-    return dataclasses.replace(Method(method, batch_size=batch_size, **DEFAULTS[method]), lr=lr)
-
-
-def save(path, tuning: dict) -> None:
-    write_json(path, tuning)
+    return configured(method, batch_size, tuning["scenarios"][scenario]["methods"][method]["lr"])

@@ -150,8 +150,9 @@ def test_plain_words_say_which_method_forgets_unevenly_across_races():
     assert "white +3.0 [+0.2, +5.8] apart from retraining" in scrub                  # one race outside retraining's ...
     assert "even across races as far as the study can tell (no two races' gaps differ, 3 pairs)" in scrub  # ... not uneven
     assert neggrad == "neggrad diverged"
-    from sisa.study.report import forgetting_headline
-    head = forgetting_headline({"forgetting": {"membership": mem}})
+    from sisa.study.report import forgetting_words
+    head, lines = forgetting_words({"forgetting": {"membership": mem}})
+    assert lines == uneven_forgetting({"forgetting": {"membership": mem}})
     assert head.startswith("Forgetting unevenly across races: finetune (random at 10%)")
     assert ("finetune, scrub leave some race's forget faces more recognisable as members than exact retraining does "
             "(under-forgetting) in every scenario and volume judged (1)") in head

@@ -124,10 +124,10 @@ def answer(t: dict, s: dict, h: str) -> list[str]:
         if cs:
             out.append(f"- **After forgetting {100 * float(top):g}%, against before**: " + "; ".join(
                 f"{labelled(c.run, c.phase)} {said(c)}" for c in cs) + ".")
-    head = forgetting_headline(t)
+    head, lines = forgetting_words(t)
     if head:
         out.append(f"- **Approximate unlearning, forgetting by race**: {head}")
-    for where, what in uneven_forgetting(t):
+    for where, what in lines:
         out.append(f"- **Forgetting by race, {where}** (each approximate method's forget-face AUC minus exact "
                    f"retraining's, x100, by race): {what}.")
     dr = t.get("dose_response") or {}
@@ -532,13 +532,17 @@ def uneven_forgetting(t: dict, facts: dict | None = None) -> list[tuple[str, str
     return out
 
 
-def forgetting_headline(t: dict) -> str | None:
-    """One sentence over every scenario and volume: which methods forget unevenly across races (where
-    that can be judged), and which leave forget faces apart from exact retraining everywhere."""
+def forgetting_words(t: dict) -> tuple[str | None, list[tuple[str, str]]]:
+    """(headline, uneven_forgetting's lines): the headline is one sentence over every scenario and
+    volume: which methods forget unevenly across races (where that can be judged), and which leave
+    forget faces apart from exact retraining everywhere (None without approximate methods)."""
     facts: dict = {}
-    uneven_forgetting(t, facts)
-    if not facts:
-        return None
+    lines = uneven_forgetting(t, facts)
+    return (forgetting_headline(facts) if facts else None), lines
+
+
+def forgetting_headline(facts: dict) -> str:
+    """The headline of uneven_forgetting's facts (forgetting_words)."""
     methods = list(dict.fromkeys(m for _, m in facts))
     judged = list(dict.fromkeys(w for (w, _), f in facts.items() if f["uneven"] is not None))
     uneven = {m: [w for (w, m_), f in facts.items() if m_ == m and f["uneven"]] for m in methods}
@@ -590,10 +594,10 @@ def summary_lines(r: dict) -> list[str]:
                 cs = [c for c in comparisons(t, fam) if c.phase.endswith(f" {top:g}") and c.statistic == PRIMARY]
                 if cs:
                     out.append(f"  {lead}: " + "; ".join(f"{labelled(c.run, c.phase)} {said(c)}" for c in cs) + ".")
-        head = forgetting_headline(t)
+        head, lines = forgetting_words(t)
         if head:
             out.append(f"  **Approximate unlearning, forgetting by race** (the membership attack on forget faces, each "
                        f"method against exact retraining): {head}")
-        for where, what in uneven_forgetting(t):
+        for where, what in lines:
             out.append(f"  Forgetting by race, {where} (forget-face AUC minus retraining's, x100): {what}.")
     return out

@@ -539,7 +539,7 @@ class Study:
         """The methods' learning rates for this baseline run, chosen on its fold 0's training faces
         (tuning.py): read from tuning/<run>.json, or computed for what it lacks at the volume it
         recorded (the study's largest when first tuned) and saved before any method runs."""
-        from ..store import read_json
+        from ..store import read_json, write_json
         from .. import tuning
         path = self.layout.tuning(full.cfg.name)
         have = read_json(path) if path.exists() else None
@@ -557,7 +557,7 @@ class Study:
                 have["scenarios"].setdefault(sc, {**entry, "methods": {}})["methods"].update(entry["methods"])
             have["seconds"] = have.get("seconds", 0) + new["seconds"]
             new = have
-        tuning.save(path, new)
+        write_json(path, new)
         return new
 
     def forget(self, exp, scenario: str, clone: RunLayout, progress: Progress, bar) -> None:
