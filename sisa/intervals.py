@@ -1,20 +1,29 @@
-"""Intervals and verdicts for changes measured over replicates, on shared test faces.
+"""Intervals and verdicts for changes measured over replicates, paired on their test faces.
 
 A study's replicate r draws its own fold assignment, likelihood flags, partitions and initial weights,
 and every configuration of replicate r shares them (paired). A change (configuration minus reference)
 is measured in each replicate, d_r, and under B resamples of the test faces, d_rb, the same face
 weights for every replicate and configuration (a face counts the same number of times everywhere).
-Two sources of noise, added:
+Two sources of noise:
 
-  training and placement   the spread of d_r between replicates: s^2 / R
-  which faces were tested  the spread over b of the mean over r of d_rb: every replicate tests the
-                           same faces (the k-fold test), so this error is shared by all replicates and
-                           does not average out with more of them
+  training and placement   the spread of d_r between replicates, s^2 / R. Where replicates test
+                           different faces (one fold of a fresh fold assignment each, or the balanced
+                           test) it also holds their own faces' error
+  which faces were tested  the part of the faces' error that replicates share and that does not
+                           average out with more of them: in the k-fold test every replicate tests the
+                           same faces. With v the variance over b of the mean over r of d_rb (face
+                           weights shared across replicates) and c the mean over r of each replicate's
+                           own resampling variance var_b(d_rb), divided by R (the faces' error s^2
+                           already holds), the shared part is max(0, v - c) * R / (R - 1)
 
-se^2 = s^2 / R + var_b(mean_r d_rb). The interval is a t interval with Welch-Satterthwaite degrees of
-freedom (R - 1 when the replicates' spread dominates, normal when the faces' does); one replicate has
-only the faces' part, as a study with --replicates 1 (the quick start) says. Verdicts and intervals use
-one level: Bonferroni over the family (alpha / m), so an interval excludes 0 exactly when its verdict is
+se^2 = s^2 / R + max(0, v - c) * R / (R - 1). In expectation this is the variance of the mean change
+over training and over faces drawn from the population, both when every replicate tests the same faces
+and when each tests a random part of them (a per-face systematic difference counts once, a model's
+per-face noise once; docs/statistics.md works it through); adding s^2 / R and v whole would count
+each replicate's own faces' error twice. The interval is a t interval with
+Welch-Satterthwaite degrees of freedom (R - 1 when the replicates' spread dominates, normal when the
+faces' does); one replicate has only the faces' part, v, as a study with --replicates 1 (the quick
+start) says. Verdicts and intervals use one level: Bonferroni over the family (alpha / m), so an interval excludes 0 exactly when its verdict is
 not "inconclusive", and the detectable change is the one such a test finds with 80% power.
 """
 from __future__ import annotations
@@ -60,15 +69,25 @@ def change(d: np.ndarray) -> Change:
     (face weights shared across replicates). NaN draws (a resample without a race) are dropped."""
     d = np.asarray(d, dtype=float)
     R = d.shape[0]
-    est = d[:, 0]
-    mean_b = d[:, 1:].mean(axis=0)
-    mean_b = mean_b[np.isfinite(mean_b)]
-    v_faces = float(mean_b.var(ddof=1)) if len(mean_b) > 1 else 0.0
-    v_reps = float(est.var(ddof=1)) / R if R > 1 else 0.0
+    est, draws = d[:, 0], d[:, 1:]
+    mean_b = draws.mean(axis=0)
+    v = _var(mean_b)
+    if R == 1:
+        v_reps, v_faces = 0.0, v
+    else:
+        v_reps = float(est.var(ddof=1)) / R
+        own = float(np.mean([_var(row) for row in draws])) / R      # each replicate's own faces' error, in s^2
+        v_faces = max(0.0, v - own) * R / (R - 1)
     se = float(np.sqrt(v_reps + v_faces))
     # Welch-Satterthwaite: the faces' part is known from many resamples (infinite df)
     df = float("inf") if v_reps == 0 else (v_reps + v_faces) ** 2 / (v_reps ** 2 / (R - 1))
     return Change(float(est.mean()), se, df, R, float(np.sqrt(v_reps)), float(np.sqrt(v_faces)))
+
+
+def _var(x: np.ndarray) -> float:
+    """Variance (ddof 1) of the finite draws; 0 with fewer than two."""
+    x = x[np.isfinite(x)]
+    return float(x.var(ddof=1)) if len(x) > 1 else 0.0
 
 
 def verdict(c: Change, family: int) -> tuple[str, float, float]:
@@ -80,6 +99,23 @@ def verdict(c: Change, family: int) -> tuple[str, float, float]:
     if p_adj < ALPHA:
         return ("higher" if c.estimate > 0 else "lower"), p_adj, detect
     return f"inconclusive (detectable ±{100 * detect:.1f})", p_adj, detect
+
+
+def replicates_for(se_replicates: float, se_faces: float, replicates: int, target: float, family: int = 1,
+                   most: int = 1000) -> int | None:
+    """The fewest replicates at which a change measured with these parts would be detected at `target`
+    (a fraction) by its family's test: the spread between replicates per replicate, se_replicates^2 * R,
+    is divided by the new count, the shared faces' part stays. None when it cannot be told (one
+    replicate: no spread yet) or is not reached by `most` (the shared faces' part alone is too large)."""
+    if replicates < 2 or not (np.isfinite(se_replicates) and np.isfinite(se_faces)):
+        return None
+    per_replicate, shared = se_replicates ** 2 * replicates, se_faces ** 2
+    for n in range(2, most + 1):
+        v_reps = per_replicate / n
+        df = float("inf") if v_reps == 0 else (v_reps + shared) ** 2 / (v_reps ** 2 / (n - 1))
+        if Change(0.0, float(np.sqrt(v_reps + shared)), df, n, 0.0, 0.0).detectable(family) <= target:
+            return n
+    return None
 
 
 _NUMBERS = ("change", "ci_low", "ci_high", "ci_low_adjusted", "ci_high_adjusted", "se", "se_replicates", "se_faces",

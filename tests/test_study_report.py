@@ -123,7 +123,14 @@ def test_results_md_reads_a_study_of_replicates(monkeypatch, tmp_path):
 def test_one_replicate_has_only_the_faces_error(monkeypatch, replicates):
     t = data(monkeypatch, replicates=replicates)["tests"]["kfold"]
     c = t["comparisons"]["placement vs uniform"][0]
-    assert (c["se_replicates"] == 0) == (replicates == 1) and c["se_faces"] > 0
+    assert (c["se_replicates"] == 0) == (replicates == 1) and (c["se_faces"] > 0 or replicates > 1)
+    # how many replicates a 1-point effect needs: projected only from a spread between replicates
+    line = [x for x in study_report.answer(t, {}, "##") if "Replicates for a 1-point placement effect" in x]
+    assert bool(line) == (replicates > 1)
+    if line:
+        from sisa.intervals import replicates_for
+        n = replicates_for(c["se_replicates"], c["se_faces"], replicates, 0.01, family=1)
+        assert f"later slices {n or 'more than 1000'}" in line[0] and f"(detectable ±{100 * c['detectable']:.1f} now)" in line[0]
 
 
 def test_plain_words_say_which_method_forgets_unevenly_across_races():

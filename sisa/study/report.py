@@ -18,7 +18,7 @@ from .. import report as v1
 from ..analysis import analyse
 from ..data import RACES
 from ..errors import SisaError
-from ..intervals import Comparison
+from ..intervals import Comparison, replicates_for
 from ..layout import StudyLayout, SummaryLayout
 from ..store import write_bytes, write_json, write_text
 from .numbers import PRIMARY, tidy_counts
@@ -140,7 +140,28 @@ def answer(t: dict, s: dict, h: str) -> list[str]:
                       "nothing can be said: no control dose could be judged (degenerate runs, below)") +
                    (f"; the A/A arm was called different in {t['aa']['false_positives']} of {t['aa']['replicates']} "
                     "replicate(s) judged alone (faces' error only)" if t.get("aa") else "") + ".")
+    need = replicates_needed(t)
+    if need:
+        out.append(f"- **Replicates for a {100 * TARGET:g}-point placement effect**: {need}.")
     return out + [""]
+
+
+TARGET = 0.01       # the placement effect a study should detect (issue 23): 1 point of the age-standardised gap
+
+
+def replicates_needed(t: dict) -> str:
+    """How many replicates each primary placement contrast needs to detect TARGET, projected from this
+    study's own spread between replicates and shared faces' error; '' with one replicate (no spread yet)."""
+    cs = [c for c in comparisons(t, "placement vs uniform") if c.outcome != "none"]
+    if not cs or min(c.replicates for c in cs) < 2:
+        return ""
+    words = []
+    for c in cs:
+        n = replicates_for(c.se_replicates, c.se_faces, c.replicates, TARGET, family=len(cs))
+        words.append(f"{title(c.run)} {n or 'more than 1000 (the faces tested limit it)'} "
+                     f"(detectable ±{100 * c.detectable:.1f} now)")
+    return ("; ".join(words) + f", projected from this study's {cs[0].replicates} replicates (spread between them and "
+            "the faces' error they share)")
 
 
 def verdicts(t: dict, h: str) -> list[str]:
