@@ -70,6 +70,14 @@ def test_the_report_of_replicates_says_what_it_found_and_what_it_can_detect(monk
     t = d["tests"]["kfold"]
     md = study_report.render(d)
     assert md.index("## The answer") < md.index("## Every comparison")             # plain words first
+    plain = md.split("- **In plain words**: ", 1)[1].split("\n", 1)[0]
+    later = next(c for c in t["comparisons"]["placement vs uniform"] if c["run"] == "later-slices")
+    if later["outcome"] == "inconclusive":
+        assert plain.startswith("Placing faces by their likelihood of being unlearned did not change the gap against "
+                                "black measurably") and f"±{100 * later['detectable']:.1f}" in plain
+    else:
+        assert plain.startswith("Placing by likelihood (later slices)")
+    assert "it detected the positive control from" in plain and "its A/A check" in plain
     control = next(c for c in t["comparisons"]["control vs uniform"] if c["run"] == "control")
     assert control["outcome"] == "higher" and control["replicates"] == 3           # black served much worse
     assert t["dose_response"]["smallest_detected"] in (0.5, 1.0)

@@ -102,6 +102,9 @@ def answer(t: dict, s: dict, h: str) -> list[str]:
            f"{ref}'s, each race scored on the same (pooled) age mix; positive means {ref} is served worse. Changes are "
            f"in points, paired within each of {t['faces']['replicates']} replicate(s), with intervals at the level "
            "their verdict reads (Bonferroni within the family).", ""]
+    plain = placement_words(t)
+    if plain:
+        out.append(f"- **In plain words**: {plain}")
     for family, lead in (("placement vs uniform", "Placement versus uniform SISA"),
                          ("A/A: uniform-b vs uniform", "Two uniform placements against each other (A/A: the truth is no change)"),
                          ("control vs uniform", "The positive control (label noise on the reference race) versus uniform"),
@@ -553,6 +556,45 @@ def uneven_forgetting(t: dict, facts: dict | None = None) -> list[tuple[str, str
     return out
 
 
+def placement_words(t: dict) -> str | None:
+    """The study's question in one plain sentence: did placing faces by their likelihood of being
+    unlearned change the gap against the reference race, what the study could have detected, and
+    whether its calibration holds (A/A, positive control). None without placements."""
+    cs = [c for c in comparisons(t, "placement vs uniform") if c.statistic == PRIMARY]
+    if not cs:
+        return None
+    ref = t["reference_race"]
+    judged = [c for c in cs if c.outcome != "none"]
+    if not judged:
+        return "No placement could be judged: a run it needs is degenerate (below)."
+    moved = [c for c in judged if c.outcome in ("higher", "lower")]
+    if moved:
+        first = "; ".join(f"placing by likelihood ({title(c.run)}) {'widened' if c.change > 0 else 'narrowed'} the gap "
+                          f"against {ref} by {abs(100 * c.change):.1f} points [{pts(c.ci_low_adjusted)}, "
+                          f"{pts(c.ci_high_adjusted)}]" for c in moved)
+        first = first[0].upper() + first[1:]
+    else:
+        lo, hi = min(c.ci_low_adjusted for c in judged), max(c.ci_high_adjusted for c in judged)
+        sizes = sorted(100 * c.detectable for c in judged)
+        first = (f"Placing faces by their likelihood of being unlearned did not change the gap against {ref} measurably: "
+                 f"every placement's change lies between {pts(lo)} and {pts(hi)} points, and the study would have "
+                 f"detected a change of ±{sizes[0]:.1f}" + (f" to ±{sizes[-1]:.1f}" if sizes[-1] > sizes[0] + 0.05 else ""))
+    checks = []
+    aa_ = [c for c in comparisons(t, "A/A: uniform-b vs uniform") if c.statistic == PRIMARY and c.outcome != "none"]
+    if aa_:
+        checks.append("its A/A check (two uniform placements) called them different, so its intervals are too narrow"
+                      if aa_[0].outcome in ("higher", "lower") else
+                      "its A/A check (two uniform placements) came out inconclusive, as it must")
+    dr = t.get("dose_response") or {}
+    if dr.get("doses"):
+        small = dr["smallest_detected"]
+        checks.append(f"it detected the positive control from {100 * small:g}% label noise on {ref} training faces"
+                      if small is not None else "it detected none of the positive control's doses"
+                      if any(d["outcome"] != "none" for d in dr["doses"]) else
+                      "its positive control could not be judged (degenerate runs)")
+    return first + (f"; {' and '.join(checks)}." if checks else ".")
+
+
 def forgetting_words(t: dict) -> tuple[str | None, list[tuple[str, str]]]:
     """(headline, uneven_forgetting's lines): the headline is one sentence over every scenario and
     volume: which methods forget unevenly across races (where that can be judged), and which leave
@@ -590,7 +632,7 @@ def summary_lines(r: dict) -> list[str]:
         ref = t["reference_race"]
         placed = comparisons(t, "placement vs uniform")
         out.append(f"- **`{r['study']}`, {test} test ({t['faces']['tested']:,} test faces, {s['replicates']} replicate(s), "
-                   f"gaps against {ref}).** "
+                   f"gaps against {ref}).** " + (f"{placement_words(t)} " if placed else "")
                    + ("; ".join(f"{title(c.run)} versus uniform {said(c)}" for c in placed) + "." if placed else
                       "No placement was compared with uniform in this study."))
         aa_ = comparisons(t, "A/A: uniform-b vs uniform")
