@@ -592,7 +592,7 @@ def placement_words(t: dict) -> str | None:
                       if small is not None else "it detected none of the positive control's doses"
                       if any(d["outcome"] != "none" for d in dr["doses"]) else
                       "its positive control could not be judged (degenerate runs)")
-    return first + (f"; {' and '.join(checks)}." if checks else ".")
+    return first + "".join(f"; {c}" for c in checks) + "."
 
 
 def forgetting_words(t: dict) -> tuple[str | None, list[tuple[str, str]]]:
