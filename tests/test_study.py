@@ -281,7 +281,7 @@ def test_results_md_is_made_from_the_committed_reports():
 
 def test_the_readme_quotes_real_reports_verbatim():
     """The excerpts in the README and docs/ are cut from files the code wrote, not typed."""
-    report = PROJECT_ROOT / "reports" / "published" / "cpu" / "report.md"
+    report = PROJECT_ROOT / "reports" / "published" / "cpu-replicated" / "report.md"
     results = PROJECT_ROOT / "RESULTS.md"
     for page, marker, source in (("README.md", "answer-excerpt", results),
                                  ("README.md", "timing-excerpt", results),

@@ -572,7 +572,7 @@ def placement_words(t: dict) -> str | None:
         first = "; ".join(f"placing by likelihood ({title(c.run)}) {'widened' if c.change > 0 else 'narrowed'} the gap "
                           f"against {ref} by {abs(100 * c.change):.1f} points [{pts(c.ci_low_adjusted)}, "
                           f"{pts(c.ci_high_adjusted)}]" for c in moved)
-        first = first[0].upper() + first[1:]
+        first = _capital(first)
     else:
         lo, hi = min(c.ci_low_adjusted for c in judged), max(c.ci_high_adjusted for c in judged)
         sizes = sorted(100 * c.detectable for c in judged)
@@ -625,6 +625,10 @@ def forgetting_headline(facts: dict) -> str:
     return f"{first}; {second}."
 
 
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def summary_lines(r: dict) -> list[str]:
     """RESULTS.md's sentences for a study of replicates (results.summary_section), from report.json."""
     s, out = r["settings"], []
@@ -633,7 +637,7 @@ def summary_lines(r: dict) -> list[str]:
         placed = comparisons(t, "placement vs uniform")
         out.append(f"- **`{r['study']}`, {test} test ({t['faces']['tested']:,} test faces, {s['replicates']} replicate(s), "
                    f"gaps against {ref}).** " + (f"{placement_words(t)} " if placed else "")
-                   + ("; ".join(f"{title(c.run)} versus uniform {said(c)}" for c in placed) + "." if placed else
+                   + (_capital("; ".join(f"{title(c.run)} versus uniform {said(c)}" for c in placed)) + "." if placed else
                       "No placement was compared with uniform in this study."))
         aa_ = comparisons(t, "A/A: uniform-b vs uniform")
         if aa_:
