@@ -158,3 +158,20 @@ def test_sisa_cost_benchmark_reads_each_points_study(faces_dir, cache_dir, tmp_p
     assert 0 < point["baseline"]["accuracy"]["value"] <= 100 and 0 < point["uniform"]["accuracy"]["value"] <= 100
     assert "accuracy_overall" in point["sisa_cost"] and set(point["seconds"]) == {
         "sisa-cost-e1-b64-kfold-baseline", "sisa-cost-e1-b64-kfold-uniform"}
+
+
+def test_interval_coverage_benchmark_measures_both_formulas(tmp_path):
+    spec = importlib.util.spec_from_file_location("interval_coverage", "benchmarks/interval_coverage.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "ic.json"
+    assert bench.main(["--sims", "6", "--replicates", "3", "--systematic", "0.3", "--faces", "120", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [(c["design"], c["replicates"]) for c in r["cells"]] == [("same", 3), ("third", 3)]
+    for c in r["cells"]:
+        for name in ("change", "counted_twice"):
+            m = c[name]
+            assert abs(m["se_over_spread"] - m["mean_se"] / c["estimate_spread"]) < 0.01
+            lo, hi = m["coverage_interval"]
+            assert 0 <= lo <= m["coverage_95"] <= hi <= 1
+        assert c["counted_twice"]["mean_se"] >= c["change"]["mean_se"] - 1e-12     # never narrower: it adds more
