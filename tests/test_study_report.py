@@ -171,3 +171,17 @@ def test_plain_words_say_which_method_forgets_unevenly_across_races():
     assert head.startswith("Forgetting unevenly across races: finetune (random at 10%)")
     assert ("finetune, scrub leave some race's forget faces more recognisable as members than exact retraining does "
             "(under-forgetting) in every scenario and volume judged (1)") in head
+
+
+def test_plain_words_name_a_placement_that_moved_the_gap_and_one_that_did_not(monkeypatch):
+    t = data(monkeypatch)["tests"]["kfold"]
+    first = t["comparisons"]["placement vs uniform"][0]
+    other = {**first, "run": "few-shards", "outcome": "inconclusive", "detectable": 0.012}
+    t["comparisons"]["placement vs uniform"] = [{**first, "outcome": "higher", "change": 0.021, "ci_low_adjusted": 0.004,
+                                                 "ci_high_adjusted": 0.038}, other]
+    aa = t["comparisons"]["A/A: uniform-b vs uniform"]
+    aa[0] = {**aa[0], "outcome": "lower"}
+    words = study_report.placement_words(t)
+    assert words.startswith("Placing by likelihood (later slices) widened the gap against black by 2.1 points [+0.4, +3.8]; "
+                            "few shards did not change it measurably (detectable ±1.2)")
+    assert "called them different, which a calibrated study does 5% of the time" in words

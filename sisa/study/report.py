@@ -572,7 +572,8 @@ def placement_words(t: dict) -> str | None:
         first = "; ".join(f"placing by likelihood ({title(c.run)}) {'widened' if c.change > 0 else 'narrowed'} the gap "
                           f"against {ref} by {abs(100 * c.change):.1f} points [{pts(c.ci_low_adjusted)}, "
                           f"{pts(c.ci_high_adjusted)}]" for c in moved)
-        first = _capital(first)
+        first = _capital(first) + "".join(f"; {title(c.run)} did not change it measurably (detectable "
+                                          f"±{100 * c.detectable:.1f})" for c in judged if c not in moved)
     else:
         lo, hi = min(c.ci_low_adjusted for c in judged), max(c.ci_high_adjusted for c in judged)
         sizes = sorted(100 * c.detectable for c in judged)
@@ -582,7 +583,8 @@ def placement_words(t: dict) -> str | None:
     checks = []
     aa_ = [c for c in comparisons(t, "A/A: uniform-b vs uniform") if c.statistic == PRIMARY and c.outcome != "none"]
     if aa_:
-        checks.append("its A/A check (two uniform placements) called them different, so its intervals are too narrow"
+        checks.append("its A/A check (two uniform placements) called them different, which a calibrated study does 5% "
+                      "of the time: if it recurs (another --seed), its intervals are too narrow"
                       if aa_[0].outcome in ("higher", "lower") else
                       "its A/A check (two uniform placements) came out inconclusive, as it must")
     dr = t.get("dose_response") or {}
