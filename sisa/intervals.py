@@ -23,8 +23,9 @@ per-face noise once; docs/statistics.md works it through); adding s^2 / R and v 
 each replicate's own faces' error twice. The interval is a t interval with
 Welch-Satterthwaite degrees of freedom (R - 1 when the replicates' spread dominates, normal when the
 faces' does); one replicate has only the faces' part, v, as a study with --replicates 1 (the quick
-start) says. Verdicts and intervals use one level: Bonferroni over the family (alpha / m), so an interval excludes 0 exactly when its verdict is
-not "inconclusive", and the detectable change is the one such a test finds with 80% power.
+start) says. Verdicts and intervals use one level: Bonferroni over the family (alpha / m), so an
+interval excludes 0 exactly when its verdict is not "inconclusive", and the detectable change is the
+one such a test finds with 80% power.
 """
 from __future__ import annotations
 
@@ -78,10 +79,14 @@ def change(d: np.ndarray) -> Change:
         v_reps = float(est.var(ddof=1)) / R
         own = float(np.mean([_var(row) for row in draws])) / R      # each replicate's own faces' error, in s^2
         v_faces = max(0.0, v - own) * R / (R - 1)
-    se = float(np.sqrt(v_reps + v_faces))
-    # Welch-Satterthwaite: the faces' part is known from many resamples (infinite df)
-    df = float("inf") if v_reps == 0 else (v_reps + v_faces) ** 2 / (v_reps ** 2 / (R - 1))
-    return Change(float(est.mean()), se, df, R, float(np.sqrt(v_reps)), float(np.sqrt(v_faces)))
+    return Change(float(est.mean()), float(np.sqrt(v_reps + v_faces)), welch_df(v_reps, v_faces, R), R,
+                  float(np.sqrt(v_reps)), float(np.sqrt(v_faces)))
+
+
+def welch_df(v_reps: float, v_faces: float, replicates: int) -> float:
+    """Welch-Satterthwaite degrees of freedom of v_reps + v_faces: the replicates' part has R - 1, the
+    faces' part is known from many resamples (infinite)."""
+    return float("inf") if v_reps == 0 else (v_reps + v_faces) ** 2 / (v_reps ** 2 / (replicates - 1))
 
 
 def _var(x: np.ndarray) -> float:
@@ -112,8 +117,8 @@ def replicates_for(se_replicates: float, se_faces: float, replicates: int, targe
     per_replicate, shared = se_replicates ** 2 * replicates, se_faces ** 2
     for n in range(2, most + 1):
         v_reps = per_replicate / n
-        df = float("inf") if v_reps == 0 else (v_reps + shared) ** 2 / (v_reps ** 2 / (n - 1))
-        if Change(0.0, float(np.sqrt(v_reps + shared)), df, n, 0.0, 0.0).detectable(family) <= target:
+        at_n = Change(0.0, float(np.sqrt(v_reps + shared)), welch_df(v_reps, shared, n), n, 0.0, 0.0)
+        if at_n.detectable(family) <= target:
             return n
     return None
 

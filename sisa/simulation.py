@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .intervals import Change
+from .intervals import Change, welch_df
 from .measures import accuracy_standardised, cell_counts, gap, pooled_age_shares
 
 
@@ -49,6 +49,5 @@ def counted_twice(d: np.ndarray) -> Change:
     mean_b = d[:, 1:].mean(axis=0)
     v_faces = float(mean_b.var(ddof=1))
     v_reps = float(est.var(ddof=1)) / R if R > 1 else 0.0
-    df = float("inf") if v_reps == 0 else (v_reps + v_faces) ** 2 / (v_reps ** 2 / (R - 1))
-    return Change(float(est.mean()), float(np.sqrt(v_reps + v_faces)), df, R, float(np.sqrt(v_reps)),
-                  float(np.sqrt(v_faces)))
+    return Change(float(est.mean()), float(np.sqrt(v_reps + v_faces)), welch_df(v_reps, v_faces, R), R,
+                  float(np.sqrt(v_reps)), float(np.sqrt(v_faces)))
