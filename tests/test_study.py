@@ -307,8 +307,12 @@ def test_another_bootstrap_or_more_runs_reuse_every_finished_run(tiny_study, fac
     assert "to go" not in out and "trained" not in out and "report: " in out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps                  # nothing trained again
     # the runs' folders elsewhere: nothing there is finished, and the study says so in one line
+    record = (tmp / "rep" / "tiny" / "study.json").read_bytes()
     line = error_line(call_script("study.py", *args, "--checkpoints_dir", tmp / "elsewhere", "--report_only"))
     assert "--report_only: 5 run(s) unfinished" in line and "every phase" in line
+    line = error_line(call_script("study.py", *args, "--replicates", 2, "--report_only"))     # runs not trained yet
+    assert "run(s) unfinished, first tiny-kfold-baseline-rep1" in line
+    assert (tmp / "rep" / "tiny" / "study.json").read_bytes() == record      # a refused report rewrites no record
     # summaries elsewhere after unlearning: the summaries before cannot be made again; one line names the fix
     line = error_line(call_script("study.py", *args, "--summaries_dir", tmp / "other-sum"))
     assert "cannot be made again" in line and "--summaries_dir" in line

@@ -344,7 +344,11 @@ class Study:
         if not self.layout.settings.exists():
             raise SisaError(f"{self.layout.root} holds no study yet; run study.py without --report_only first")
         with run_lock(self.layout.lock, "study.py"):
-            progress = self.open()
+            old = self.check_folder()        # nothing is written until every run it needs is known to be finished
+            if old is not None and self.s.run_changes(old):
+                raise SisaError(f"--report_only renders the runs there are, but these settings would change every run "
+                                f"({'; '.join(self.s.run_changes(old))}); give the study's own settings (its study.json)")
+            progress = Progress.load(self.layout)
             unfinished = []
             for key in self.s.runs():
                 layout = RunLayout((Path(self.opts.checkpoints_dir) / self.s.run_name(*key)).resolve())
@@ -355,6 +359,7 @@ class Study:
             if unfinished:
                 raise SisaError(f"--report_only: {len(unfinished)} run(s) unfinished, first {unfinished[0]}; run "
                                 "study.py without --report_only to finish them")
+            progress = self.open()
             return self.report(progress, progress.seconds())
 
     def launch(self, left: dict, progress: Progress, jobs: int, threads: int, launcher: str, no_wait: bool,
