@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import scenarios
 from .data import AGE_CLASSES, RACES
 from .evaluation import composition_shares, summary_name
 from .experiment import Options, open_run, versions
@@ -184,6 +185,12 @@ def forgetting(test: str, sets: dict[str, RunSet], s, faces, values: dict, broke
     if "random" in s.scenarios:
         family("forgetting: group vs random", [(t, f"{g} {v:g}", t, f"random {v:g}") for t in tags for g in groups
                                                for v in vols])
+        own = [(t, f"{g} {v:g}", t, f"random {v:g}", race) for t in tags for g in groups for v in vols
+               if (race := scenarios.parse(g).race)]
+        if own:        # why a group's requests do (or do not) widen the gap: its own race's accuracy
+            fams["forgetting: group vs random, the group's accuracy"] = N.compare(
+                "forgetting: group vs random, the group's accuracy", own, values, broken, ("accuracy_standardised",),
+                s.reference)
     if "uniform" in tags:
         family("forgetting: placement vs uniform", [(t, ph, "uniform", ph) for t in tags
                                                     if t not in ("baseline", "uniform") for ph in phases])
@@ -206,8 +213,23 @@ def forgetting(test: str, sets: dict[str, RunSet], s, faces, values: dict, broke
         family("approximate vs retrained", [("baseline", f"{m} {sc} {v:g}", "baseline", f"{sc} {v:g}")
                                             for m in s.methods for sc in s.scenarios for v in vols])
     return {"scenarios": list(s.scenarios), "volumes": vols, "configs": tags, "costs": costs, "runs": names,
+            "groups": group_shares(sets["baseline" if "baseline" in tags else tags[0]], groups, vols),
             "methods": list(s.methods), "membership": membership(test, sets, s) if s.methods and "baseline" in tags
             else None}
+
+
+def group_shares(rs: RunSet, groups: list[str], vols: list[float]) -> dict:
+    """For each group scenario: its training faces per fold and, at each volume, the share of them its
+    requests take (mean over replicates and folds): 10% of all training faces can be half of one race's."""
+    out = {}
+    for g in groups:
+        sc = scenarios.parse(g)
+        parts = [p for e in rs.exps for p in e.partitions]
+        eligible = [int(sc.eligible(scenarios.training_faces(p)).sum()) for p in parts]
+        out[g] = {"training_faces": float(np.mean(eligible)),
+                  "share_by_volume": {f"{v:g}": float(np.mean([scenarios.count(p, v) / n for p, n in zip(parts, eligible)
+                                                              if n])) for v in vols}}
+    return out
 
 
 def membership(test: str, sets: dict[str, RunSet], s, retain_sample: int = 5000, n_boot: int = 200) -> dict:

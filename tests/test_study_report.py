@@ -185,3 +185,49 @@ def test_plain_words_name_a_placement_that_moved_the_gap_and_one_that_did_not(mo
     assert words.startswith("Placing by likelihood (later slices) widened the gap against black by 2.1 points [+0.4, +3.8]; "
                             "few shards did not change it measurably (detectable ±1.2)")
     assert "called them different, which a calibrated study does 5% of the time" in words
+
+
+def comparison(family, run, phase, reference_phase, statistic="gap_accuracy_standardised", change=0.0,
+               outcome="inconclusive", detectable=0.01, group=None):
+    return {"family": family, "run": run, "phase": phase, "reference": run, "reference_phase": reference_phase,
+            "statistic": statistic, "group": group, "change": change, "ci_low": change - detectable,
+            "ci_high": change + detectable, "ci_low_adjusted": change - detectable, "ci_high_adjusted": change + detectable,
+            "se": detectable / 2.8, "se_replicates": detectable / 3, "se_faces": detectable / 9, "df": 4.0,
+            "replicates": 5, "p": 0.5, "p_adjusted": 1.0, "detectable": detectable, "outcome": outcome,
+            "verdict": f"{outcome} (detectable ±{100 * detectable:.1f})"}
+
+
+def test_plain_words_say_whether_a_group_asking_widened_the_gap_and_why_not():
+    """Hand-made comparisons at the largest volume: one configuration widened the gap; of the others, the
+    group's own accuracy fell in one, did not fall where a small change was visible in another (so its age
+    cues carry over), and could not be told in the third."""
+    gvr, own, avb = ("forgetting: group vs random", "forgetting: group vs random, the group's accuracy",
+                     "forgetting: after vs before")
+    ph, rnd = "group:black 0.1", "random 0.1"
+    t = {"reference_race": "black", "comparisons": {
+        gvr: [comparison(gvr, "baseline", ph, rnd, change=0.025, outcome="higher", detectable=0.012),
+              comparison(gvr, "uniform", ph, rnd, change=0.004, detectable=0.015),
+              comparison(gvr, "few-shards", ph, rnd, change=0.01, detectable=0.03),
+              comparison(gvr, "later-slices", ph, rnd, change=0.012, detectable=0.02),
+              comparison(gvr, "uniform", "group:black 0.05", "random 0.05", change=0.05, outcome="higher")],
+        own: [comparison(own, "uniform", ph, rnd, "accuracy_standardised", -0.003, detectable=0.011, group="black"),
+              comparison(own, "few-shards", ph, rnd, "accuracy_standardised", -0.01, detectable=0.04, group="black"),
+              comparison(own, "later-slices", ph, rnd, "accuracy_standardised", -0.02, "lower", 0.015, "black")],
+        avb: [comparison(avb, tag, rnd, "before", "accuracy_overall", -0.004, detectable=0.01)
+              for tag in ("uniform", "few-shards", "later-slices")]},
+        "forgetting": {"scenarios": ["random", "group:black"], "volumes": [0.05, 0.1], "configs": [],
+                       "groups": {"group:black": {"training_faces": 1600.0, "share_by_volume": {"0.1": 0.52}}}}}
+    [words] = study_report.who_asks_words(t)
+    assert words.startswith("Forgetting 10% of the training faces, all of them black (group:black: about 52% of that "
+                            "group's training faces), rather than as many at random, widened the gap against black in "
+                            "baseline 1x1 by 2.5 points [+1.3, +3.7]; did not change the gap against black measurably "
+                            "in uniform (+0.4, detectable ±1.5), few shards (+1.0, detectable ±3.0), later slices")
+    assert "baseline 1x1" not in words.split("Why:")[1]           # the configuration that widened needs no why
+    assert ", while 10% random requests moved accuracy on all faces by -0.4 (uniform), -0.4 (few shards)" in words
+    assert "black's accuracy fell in later slices, but the gap's interval there is too wide" in words
+    assert ("in uniform black's accuracy did not fall measurably (detectable ±1.1): at this scale it hardly depends "
+            "on how many black faces are trained on") in words
+    assert words.endswith("; in few shards the study cannot tell whether black's accuracy fell (detectable ±4.0): it "
+                          "needs more replicates.")      # only a change the study could have seen counts as "did not fall"
+    t["forgetting"]["scenarios"] = ["group:black"]                 # no random requests to compare with: nothing said
+    assert study_report.who_asks_words(t) == []

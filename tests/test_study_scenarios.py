@@ -71,6 +71,12 @@ def test_the_report_compares_who_asks_and_prices_each_step(study):
     assert ("uniform", "group:black 0.05", "uniform", "random 0.05") in pairs
     assert {c["reference"] for c in fams["forgetting: SISA vs retrained monolith"]} == {"baseline"}
     assert len(fams["forgetting: after vs before"]) == 2 * 2 * 2 * 2      # configs x scenarios x volumes x statistics
+    own = fams["forgetting: group vs random, the group's accuracy"]       # why a group's requests widen the gap or not
+    assert {(c["statistic"], c["group"]) for c in own} == {("accuracy_standardised", "black")} and len(own) == 2 * 2
+    parts = opened(tmp, "forget-kfold-baseline").partitions
+    black = [((p["role"] == "train") & (p["race"] == RACES.index("black"))).sum() for p in parts]
+    assert f["groups"]["group:black"]["share_by_volume"]["0.05"] == pytest.approx(
+        sum(scenarios.count(p, 0.05) / n for p, n in zip(parts, black)) / len(parts))
     cost = {(c["config"], c["scenario"], c["volume"]): c for c in f["costs"]}
     assert cost[("baseline", "random", 0.05)]["speedup_vs_retrained_monolith"] == 1.0
     assert all(c["faces_served"] > 0 and c["faces_x_epochs"] > 0 and c["shard_models_retrained"] >= 1
@@ -80,6 +86,7 @@ def test_the_report_compares_who_asks_and_prices_each_step(study):
     assert set(tested["fold"]) == {0}                                           # only fold 0 trained and tested
     md = (tmp / "rep" / "forget" / "report.md").read_text()
     assert "## Many requests: who asks and how many" in md and "| uniform | group:black | 5% |" in md
+    assert "- **Who asks, in plain words**: Forgetting 5% of the training faces, all of them black (group:black: about" in md
     assert "forgetting by volume" in data["figures"]["kfold"]
     assert (tmp / "rep" / "forget" / data["figures"]["kfold"]["forgetting by volume"]).stat().st_size > 0
     assert "forget-kfold-uniform-group-black-forget5" in data["predictions"]      # per-face predictions kept

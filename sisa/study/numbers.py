@@ -100,16 +100,18 @@ def compare(family: str, pairs: list[tuple[str, str, str, str]], values: dict, b
             statistics: tuple[str, ...], reference_race: str) -> list[Comparison]:
     """A family: for each (run, phase, reference, reference phase) and statistic, run minus reference
     per replicate. `values[(tag, phase)]`: stacked measures; `broken[(tag, phase)]`: why a run gets no
-    verdict. A by-race statistic is compared for the reference race."""
+    verdict. A by-race statistic is compared for the reference race, or for the race a pair names as its
+    fifth item (a group scenario's own race)."""
     items = []
-    for run, phase, ref, ref_phase in pairs:
+    for run, phase, ref, ref_phase, *race in pairs:
         why = broken.get((run, phase)) or broken.get((ref, ref_phase))
         for stat in statistics:
             a, b = values[(run, phase)][stat], values[(ref, ref_phase)][stat]
             group = None
             if a.ndim == 3:
-                i = RACES.index(reference_race)
-                a, b, group = a[:, :, i], b[:, :, i], reference_race
+                group = race[0] if race else reference_race
+                i = RACES.index(group)
+                a, b = a[:, :, i], b[:, :, i]
             who = run if broken.get((run, phase)) else ref
             fields_ = dict(run=run, phase=phase, reference=ref, reference_phase=ref_phase, statistic=stat, group=group)
             items.append((fields_, f"{who} is degenerate ({why})" if why else a - b))

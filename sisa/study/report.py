@@ -115,6 +115,7 @@ def answer(t: dict, s: dict, h: str) -> list[str]:
             out.append(f"- **{lead}**: " + "; ".join(f"{title(c.run)} {said(c)}" for c in cs) + ".")
     f = t.get("forgetting")
     if f:
+        out += [f"- **Who asks, in plain words**: {sentence}" for sentence in who_asks_words(t)]
         top = f"{max(f['volumes']):g}"
         cs = [c for c in comparisons(t, "forgetting: group vs random") if c.phase.endswith(f" {top}") and
               c.statistic == PRIMARY]
@@ -149,6 +150,7 @@ def answer(t: dict, s: dict, h: str) -> list[str]:
     return out + [""]
 
 
+SMALL = 0.02        # a group's own accuracy change this study could have seen counts as "did not fall" (who_asks_words)
 TARGET = 0.01       # the placement effect a study should detect (issue 23): 1 point of the age-standardised gap
 
 
@@ -597,6 +599,71 @@ def placement_words(t: dict) -> str | None:
     return first + "".join(f"; {c}" for c in checks) + "."
 
 
+def who_asks_words(t: dict) -> list[str]:
+    """Who asks, in plain words, one sentence per group scenario at the largest volume: did a group's
+    requests widen the gap against as many random ones, and, where they did not, why: how much of the
+    group's training faces they took, what that did to the group's own accuracy, and what as many random
+    requests did to accuracy on all faces (how steep the learning curve is there)."""
+    f = t.get("forgetting")
+    if not f or "random" not in f["scenarios"]:
+        return []
+    ref, top = t["reference_race"], max(f["volumes"])
+    out = []
+    for g in (sc for sc in f["scenarios"] if sc.startswith("group:")):
+        ph = f"{g} {top:g}"
+        gap = [c for c in comparisons(t, "forgetting: group vs random") if c.phase == ph and c.statistic == PRIMARY
+               and c.outcome != "none"]
+        if not gap:
+            continue
+        _, race, *age = g.split(":")
+        share = (f.get("groups") or {}).get(g, {}).get("share_by_volume", {}).get(f"{top:g}")
+        lead = (f"Forgetting {100 * top:g}% of the training faces, all of them {race}" + (f" aged {age[0]}" if age else "")
+                + f" ({g}" + (f": about {100 * share:.0f}% of that group's training faces" if share else "")
+                + "), rather than as many at random,")
+        moved = [c for c in gap if c.outcome in ("higher", "lower")]
+        still = [c for c in gap if c not in moved]
+        words = "; ".join(f"{'widened' if c.change > 0 else 'narrowed'} the gap against {ref} in {title(c.run)} by "
+                          f"{abs(100 * c.change):.1f} points [{pts(c.ci_low_adjusted)}, {pts(c.ci_high_adjusted)}]"
+                          for c in moved)
+        if still:
+            words += ("; " if moved else "") + (
+                "did not change the gap against " + ref + " measurably in " + ", ".join(
+                    f"{title(c.run)} ({pts(c.change)}, detectable ±{100 * c.detectable:.1f})" for c in still))
+        sentence = f"{lead} {words}."
+        if still:
+            own = {c.run: c for c in comparisons(t, "forgetting: group vs random, the group's accuracy")
+                   if c.phase == ph and c.outcome != "none"}
+            rand = {c.run: c for c in comparisons(t, "forgetting: after vs before")
+                    if c.phase == f"random {top:g}" and c.statistic == "accuracy_overall" and c.outcome != "none"}
+            mine = [own[c.run] for c in still if c.run in own]
+            if mine:
+                sentence += (f" Why: against random requests, {race}'s own age-standardised accuracy changed by "
+                             + ", ".join(f"{pts(c.change)} [{pts(c.ci_low_adjusted)}, {pts(c.ci_high_adjusted)}] in "
+                                         f"{title(c.run)}" for c in mine))
+                curve = [rand[c.run] for c in still if c.run in rand]
+                if curve:
+                    sentence += (f", while {100 * top:g}% random requests moved accuracy on all faces by "
+                                 + ", ".join(f"{pts(c.change)} ({title(c.run)})" for c in curve))
+                fell = [c for c in mine if c.outcome == "lower"]
+                seen = [c for c in mine if c.outcome == "inconclusive" and c.detectable <= SMALL]
+                unseen = [c for c in mine if c.outcome == "inconclusive" and c.detectable > SMALL]
+                if fell:
+                    sentence += (f"; {race}'s accuracy fell in {', '.join(title(c.run) for c in fell)}, but the gap's "
+                                 "interval there is too wide to tell its change from zero")
+                if seen:
+                    sentence += (f"; in {', '.join(title(c.run) for c in seen)} {race}'s accuracy did not fall "
+                                 f"measurably (detectable ±{100 * max(c.detectable for c in seen):.1f}): at this scale "
+                                 f"it hardly depends on how many {race} faces are trained on, the network's age cues "
+                                 "carry over from the other races' faces")
+                if unseen:
+                    sentence += (f"; in {', '.join(title(c.run) for c in unseen)} the study cannot tell whether "
+                                 f"{race}'s accuracy fell (detectable ±{100 * max(c.detectable for c in unseen):.1f}): "
+                                 "it needs more replicates")
+                sentence += "."
+        out.append(sentence)
+    return out
+
+
 def forgetting_words(t: dict) -> tuple[str | None, list[tuple[str, str]]]:
     """(headline, uneven_forgetting's lines): the headline is one sentence over every scenario and
     volume: which methods forget unevenly across races (where that can be judged), and which leave
@@ -641,6 +708,7 @@ def summary_lines(r: dict) -> list[str]:
                    f"gaps against {ref}).** " + (f"{placement_words(t)} " if placed else "")
                    + (_capital("; ".join(f"{title(c.run)} versus uniform {said(c)}" for c in placed)) + "." if placed else
                       "No placement was compared with uniform in this study."))
+        out += [f"  {sentence}" for sentence in who_asks_words(t)]
         aa_ = comparisons(t, "A/A: uniform-b vs uniform")
         if aa_:
             out.append(f"  A/A (two uniform placements): {said(aa_[0])}"
