@@ -231,3 +231,24 @@ def test_plain_words_say_whether_a_group_asking_widened_the_gap_and_why_not():
                           "needs more replicates.")      # only a change the study could have seen counts as "did not fall"
     t["forgetting"]["scenarios"] = ["group:black"]                 # no random requests to compare with: nothing said
     assert study_report.who_asks_words(t) == []
+
+
+def test_plain_words_price_unlearning_by_placement_under_likelihood_requests():
+    """Hand-made costs: work summed over every step, each placement against uniform, uniform against the
+    monolith; the fairness price read from the placement-vs-uniform family at the largest volume."""
+    fam = "forgetting: placement vs uniform"
+    costs = [{"config": tag, "scenario": sc, "volume": v, "faces_x_epochs": work * (1 + (sc == "random"))}
+             for tag, work in (("baseline", 100.0), ("uniform", 80.0), ("few-shards", 20.0))
+             for sc in ("likelihood", "random") for v in (0.01, 0.1)]
+    t = {"reference_race": "black", "forgetting": {"scenarios": ["likelihood", "random"], "volumes": [0.01, 0.1],
+                                                   "configs": ["baseline", "uniform", "few-shards"], "costs": costs},
+         "comparisons": {fam: [comparison(fam, "few-shards", "likelihood 0.1", "likelihood 0.1", change=-0.003),
+                               comparison(fam, "few-shards", "likelihood 0.01", "likelihood 0.01", change=0.5,
+                                          outcome="higher")]}}
+    assert study_report.price_words(t) == (
+        "When requests follow the likelihood model (1%, 10% of the training faces, served in steps), few shards "
+        "retrained 0.25x the faces x epochs uniform SISA did (uniform itself 0.80x the monolith's retraining); the gap "
+        "against black after 10%, each placement against uniform under the same requests: few shards -0.3 [-1.3, +0.7] "
+        "inconclusive (detectable ±1.0).")
+    t["forgetting"]["scenarios"] = ["random"]                      # no likelihood requests: nothing to say
+    assert study_report.price_words(t) is None

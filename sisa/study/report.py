@@ -116,6 +116,9 @@ def answer(t: dict, s: dict, h: str) -> list[str]:
     f = t.get("forgetting")
     if f:
         out += [f"- **Who asks, in plain words**: {sentence}" for sentence in who_asks_words(t)]
+        price = price_words(t)
+        if price:
+            out.append(f"- **Cheaper unlearning, and its fairness price**: {price}")
         top = f"{max(f['volumes']):g}"
         cs = [c for c in comparisons(t, "forgetting: group vs random") if c.phase.endswith(f" {top}") and
               c.statistic == PRIMARY]
@@ -664,6 +667,35 @@ def who_asks_words(t: dict) -> list[str]:
     return out
 
 
+def price_words(t: dict, scenario: str = "likelihood") -> str | None:
+    """The seed's question at volume, in one plain sentence: when requests follow the likelihood, do the
+    placements make serving them cheaper than uniform SISA (faces x epochs retrained over every step),
+    and at what fairness price (each placement's gap against uniform's under the same requests, after
+    the largest volume). None without that scenario, uniform and a placement."""
+    f = t.get("forgetting")
+    if not f or scenario not in f["scenarios"] or "uniform" not in f["configs"]:
+        return None
+    placed = [tag for tag in f["configs"] if tag not in ("baseline", "uniform")]
+    work = {}
+    for c in f["costs"]:
+        if c["scenario"] == scenario and c["faces_x_epochs"] is not None:
+            work[c["config"]] = work.get(c["config"], 0.0) + c["faces_x_epochs"]
+    if not placed or not work.get("uniform") or not all(work.get(p) for p in placed):
+        return None
+    top = max(f["volumes"])
+    gap = {c.run: c for c in comparisons(t, "forgetting: placement vs uniform") if c.phase == f"{scenario} {top:g}"
+           and c.statistic == PRIMARY}
+    vols = ", ".join(f"{100 * v:g}%" for v in f["volumes"])
+    first = (f"When requests follow the {scenario} model ({vols} of the training faces, served in steps), "
+             + "; ".join(f"{title(p)} retrained {work[p] / work['uniform']:.2f}x the faces x epochs uniform SISA did"
+                         for p in placed)
+             + (f" (uniform itself {work['uniform'] / work['baseline']:.2f}x the monolith's retraining)"
+                if work.get("baseline") else ""))
+    price = [f"{title(p)} {said(gap[p])}" for p in placed if p in gap]
+    return first + (f"; the gap against {t['reference_race']} after {100 * top:g}%, each placement against uniform "
+                    "under the same requests: " + "; ".join(price) if price else "") + "."
+
+
 def forgetting_words(t: dict) -> tuple[str | None, list[tuple[str, str]]]:
     """(headline, uneven_forgetting's lines): the headline is one sentence over every scenario and
     volume: which methods forget unevenly across races (where that can be judged), and which leave
@@ -709,6 +741,9 @@ def summary_lines(r: dict) -> list[str]:
                    + (_capital("; ".join(f"{title(c.run)} versus uniform {said(c)}" for c in placed)) + "." if placed else
                       "No placement was compared with uniform in this study."))
         out += [f"  {sentence}" for sentence in who_asks_words(t)]
+        price = price_words(t)
+        if price:
+            out.append(f"  {price}")
         aa_ = comparisons(t, "A/A: uniform-b vs uniform")
         if aa_:
             out.append(f"  A/A (two uniform placements): {said(aa_[0])}"
