@@ -201,8 +201,8 @@ def test_plain_words_say_whether_a_group_asking_widened_the_gap_and_why_not():
     """Hand-made comparisons at the largest volume: one configuration widened the gap; of the others, the
     group's own accuracy fell in one, did not fall where a small change was visible in another (so its age
     cues carry over), and could not be told in the third."""
-    gvr, own, avb = ("forgetting: group vs random", "forgetting: group vs random, the group's accuracy",
-                     "forgetting: after vs before")
+    gvr, own, avb = ("forgetting: group vs random", "forgetting: group vs random, secondary",
+                     "forgetting: after vs before, secondary")
     ph, rnd = "group:black 0.1", "random 0.1"
     t = {"reference_race": "black", "comparisons": {
         gvr: [comparison(gvr, "baseline", ph, rnd, change=0.025, outcome="higher", detectable=0.012),
@@ -221,7 +221,7 @@ def test_plain_words_say_whether_a_group_asking_widened_the_gap_and_why_not():
     assert words.startswith("Forgetting 10% of the training faces, all of them black (group:black: about 52% of that "
                             "group's training faces), rather than as many at random, widened the gap against black in "
                             "baseline 1x1 by 2.5 points [+1.3, +3.7]; did not change the gap against black measurably "
-                            "in uniform (+0.4, detectable ±1.5), few shards (+1.0, detectable ±3.0), later slices")
+                            "in uniform (+0.4, detectable ±1.5), few shards (+1.0, detectable ±3.0) and later slices")
     assert "baseline 1x1" not in words.split("Why:")[1]           # the configuration that widened needs no why
     assert ", while 10% random requests moved accuracy on all faces by -0.4 (uniform), -0.4 (few shards)" in words
     assert "black's accuracy fell in later slices, but the gap's interval there is too wide" in words
@@ -229,6 +229,13 @@ def test_plain_words_say_whether_a_group_asking_widened_the_gap_and_why_not():
             "on how many black faces are trained on") in words
     assert words.endswith("; in few shards the study cannot tell whether black's accuracy fell (detectable ±4.0): it "
                           "needs more replicates.")      # only a change the study could have seen counts as "did not fall"
+    # the mean over configurations (analysis.POOLED) leads: the sharper answer to who asks
+    pooled = "forgetting: group vs random, all configurations"
+    t["comparisons"][pooled] = [comparison(pooled, "all configurations", ph, rnd, change=0.015, outcome="higher",
+                                           detectable=0.008)]
+    [words] = study_report.who_asks_words(t)
+    assert ("rather than as many at random, widened the gap against black in the mean over configurations by 1.5 "
+            "points [+0.7, +2.3]; widened the gap against black in baseline 1x1 by 2.5 points") in words
     t["forgetting"]["scenarios"] = ["group:black"]                 # no random requests to compare with: nothing said
     assert study_report.who_asks_words(t) == []
 

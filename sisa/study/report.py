@@ -15,7 +15,7 @@ import pandas as pd
 
 from .. import plots
 from .. import report as v1
-from ..analysis import analyse
+from ..analysis import POOLED, analyse
 from ..data import RACES
 from ..errors import SisaError
 from ..intervals import Comparison, replicates_for
@@ -29,7 +29,10 @@ STATISTICS = {"gap_accuracy_standardised": "age-standardised gap", "gap_accuracy
               "accuracy": "accuracy", "accuracy_within_one": "accuracy within one class"}
 
 
-title = v1.config_title
+def title(tag: str) -> str:
+    """A configuration as the report names it; the mean over the configurations serving the scenarios
+    (analysis.POOLED) as such."""
+    return "the mean over configurations" if tag == POOLED else v1.config_title(tag)
 
 
 def write_report(layout: StudyLayout, settings, opts, summaries_dir: Path, progress: dict,
@@ -120,8 +123,8 @@ def answer(t: dict, s: dict, h: str) -> list[str]:
         if price:
             out.append(f"- **Cheaper unlearning, and its fairness price**: {price}")
         top = f"{max(f['volumes']):g}"
-        cs = [c for c in comparisons(t, "forgetting: group vs random") if c.phase.endswith(f" {top}") and
-              c.statistic == PRIMARY]
+        cs = [c for fam in ("forgetting: group vs random, all configurations", "forgetting: group vs random")
+              for c in comparisons(t, fam) if c.phase.endswith(f" {top}") and c.statistic == PRIMARY]
         if cs:
             out.append(f"- **Who asks, at {100 * float(top):g}% of the training faces** (a group's requests against as "
                        "many random ones): " + "; ".join(f"{title(c.run)}, {c.phase.rsplit(' ', 1)[0]} {said(c)}"
@@ -214,6 +217,11 @@ def forgetting(t: dict, h: str) -> list[str]:
                              one("forgetting: after vs before", tag, ph),
                              one("forgetting: group vs random", tag, ph) if sc.startswith("group:") else "",
                              one("forgetting: SISA vs retrained monolith", tag, ph) if tag != "baseline" else ""])
+    if comparisons(t, "forgetting: group vs random, all configurations"):
+        rows += [[title(POOLED), sc, f"{100 * v:g}%", lv(level(t, POOLED, PRIMARY, phase=f"{sc} {v:g}")), "–",
+                  one("forgetting: group vs random, all configurations", POOLED, f"{sc} {v:g}")
+                  if sc.startswith("group:") else "", ""] for sc in f["scenarios"] if sc == "random" or
+                 sc.startswith("group:") for v in f["volumes"]]
     cost_rows = [[title(c["config"]), c["scenario"], f"{100 * c['volume']:g}%", f"{c['faces_served'] or 0:,.0f}",
                   f"{c['shard_models_retrained'] or 0:.1f}", f"{c['faces_x_epochs'] or 0:,.0f}",
                   "–" if c["speedup_vs_retrained_monolith"] is None else f"{c['speedup_vs_retrained_monolith']:.2f}x",
@@ -227,7 +235,9 @@ def forgetting(t: dict, h: str) -> list[str]:
             f"The primary gap (others - {ref}, age-standardised) after each volume with its 95% interval, its change "
             "from before, a group's change against random requests at the same volume (who asks, separated from how "
             "many), and SISA against the retrained monolith on the same requests; changes in points, intervals at the "
-            "family's Bonferroni level.", "",
+            "family's Bonferroni level. The last rows average every configuration's measures within each replicate "
+            "(the same faces): who asks is a question about requests, and the mean averages out each configuration's "
+            "own retraining noise.", "",
             v1.table(["configuration", "scenario", "volume", "gap after", "change from before", "group - random",
                       "SISA - retrained monolith"], rows), "",
             "What each step cost (mean over replicates, summed over folds): faces served, shard models retrained, faces x "
@@ -614,8 +624,8 @@ def who_asks_words(t: dict) -> list[str]:
     out = []
     for g in (sc for sc in f["scenarios"] if sc.startswith("group:")):
         ph = f"{g} {top:g}"
-        gap = [c for c in comparisons(t, "forgetting: group vs random") if c.phase == ph and c.statistic == PRIMARY
-               and c.outcome != "none"]
+        gap = [c for fam in ("forgetting: group vs random, all configurations", "forgetting: group vs random")
+               for c in comparisons(t, fam) if c.phase == ph and c.statistic == PRIMARY and c.outcome != "none"]
         if not gap:
             continue
         _, race, *age = g.split(":")
@@ -630,13 +640,15 @@ def who_asks_words(t: dict) -> list[str]:
                           for c in moved)
         if still:
             words += ("; " if moved else "") + (
-                "did not change the gap against " + ref + " measurably in " + ", ".join(
+                "did not change the gap against " + ref + " measurably in " + _and(
                     f"{title(c.run)} ({pts(c.change)}, detectable ±{100 * c.detectable:.1f})" for c in still))
         sentence = f"{lead} {words}."
         if still:
-            own = {c.run: c for c in comparisons(t, "forgetting: group vs random, the group's accuracy")
-                   if c.phase == ph and c.outcome != "none"}
-            rand = {c.run: c for c in comparisons(t, "forgetting: after vs before")
+            own = {c.run: c for fam in ("forgetting: group vs random, all configurations, secondary",
+                                        "forgetting: group vs random, secondary")
+                   for c in comparisons(t, fam)
+                   if c.phase == ph and c.statistic == "accuracy_standardised" and c.outcome != "none"}
+            rand = {c.run: c for c in comparisons(t, "forgetting: after vs before, secondary")
                     if c.phase == f"random {top:g}" and c.statistic == "accuracy_overall" and c.outcome != "none"}
             mine = [own[c.run] for c in still if c.run in own]
             if mine:
@@ -651,15 +663,15 @@ def who_asks_words(t: dict) -> list[str]:
                 seen = [c for c in mine if c.outcome == "inconclusive" and c.detectable <= SMALL]
                 unseen = [c for c in mine if c.outcome == "inconclusive" and c.detectable > SMALL]
                 if fell:
-                    sentence += (f"; {race}'s accuracy fell in {', '.join(title(c.run) for c in fell)}, but the gap's "
+                    sentence += (f"; {race}'s accuracy fell in {_and(title(c.run) for c in fell)}, but the gap's "
                                  "interval there is too wide to tell its change from zero")
                 if seen:
-                    sentence += (f"; in {', '.join(title(c.run) for c in seen)} {race}'s accuracy did not fall "
+                    sentence += (f"; in {_and(title(c.run) for c in seen)} {race}'s accuracy did not fall "
                                  f"measurably (detectable ±{100 * max(c.detectable for c in seen):.1f}): at this scale "
                                  f"it hardly depends on how many {race} faces are trained on, the network's age cues "
                                  "carry over from the other races' faces")
                 if unseen:
-                    sentence += (f"; in {', '.join(title(c.run) for c in unseen)} the study cannot tell whether "
+                    sentence += (f"; in {_and(title(c.run) for c in unseen)} the study cannot tell whether "
                                  f"{race}'s accuracy fell (detectable ±{100 * max(c.detectable for c in unseen):.1f}): "
                                  "it needs more replicates")
                 sentence += "."
@@ -726,6 +738,12 @@ def forgetting_headline(facts: dict) -> str:
     return f"{first}; {second}."
 
 
+def _and(items) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    items = list(items)
+    return " and ".join(items) if len(items) < 3 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def _capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
@@ -761,9 +779,11 @@ def summary_lines(r: dict) -> list[str]:
         f = t.get("forgetting")
         if f:
             top = max(f["volumes"])
-            for fam, lead in (("forgetting: group vs random", f"Who asks, at {100 * top:g}% (a group against as many random requests)"),
-                              ("forgetting: after vs before", f"After forgetting {100 * top:g}%, against before")):
-                cs = [c for c in comparisons(t, fam) if c.phase.endswith(f" {top:g}") and c.statistic == PRIMARY]
+            for fams, lead in ((("forgetting: group vs random, all configurations", "forgetting: group vs random"),
+                                f"Who asks, at {100 * top:g}% (a group against as many random requests)"),
+                               (("forgetting: after vs before",), f"After forgetting {100 * top:g}%, against before")):
+                cs = [c for fam in fams for c in comparisons(t, fam) if c.phase.endswith(f" {top:g}") and
+                      c.statistic == PRIMARY]
                 if cs:
                     out.append(f"  {lead}: " + "; ".join(f"{labelled(c.run, c.phase)} {said(c)}" for c in cs) + ".")
         head, lines = forgetting_words(t)
