@@ -123,7 +123,7 @@ def answer(t: dict, s: dict, h: str) -> list[str]:
         if price:
             out.append(f"- **Cheaper unlearning, and its fairness price**: {price}")
         top = f"{max(f['volumes']):g}"
-        cs = [c for fam in ("forgetting: group vs random, all configurations", "forgetting: group vs random")
+        cs = [c for fam in WHO_ASKS
               for c in comparisons(t, fam) if c.phase.endswith(f" {top}") and c.statistic == PRIMARY]
         if cs:
             out.append(f"- **Who asks, at {100 * float(top):g}% of the training faces** (a group's requests against as "
@@ -156,6 +156,7 @@ def answer(t: dict, s: dict, h: str) -> list[str]:
     return out + [""]
 
 
+WHO_ASKS = ("forgetting: group vs random, all configurations", "forgetting: group vs random")  # the mean first
 SMALL = 0.02        # a group's own accuracy change this study could have seen counts as "did not fall" (who_asks_words)
 TARGET = 0.01       # the placement effect a study should detect (issue 23): 1 point of the age-standardised gap
 
@@ -624,7 +625,7 @@ def who_asks_words(t: dict) -> list[str]:
     out = []
     for g in (sc for sc in f["scenarios"] if sc.startswith("group:")):
         ph = f"{g} {top:g}"
-        gap = [c for fam in ("forgetting: group vs random, all configurations", "forgetting: group vs random")
+        gap = [c for fam in WHO_ASKS
                for c in comparisons(t, fam) if c.phase == ph and c.statistic == PRIMARY and c.outcome != "none"]
         if not gap:
             continue
@@ -779,7 +780,7 @@ def summary_lines(r: dict) -> list[str]:
         f = t.get("forgetting")
         if f:
             top = max(f["volumes"])
-            for fams, lead in ((("forgetting: group vs random, all configurations", "forgetting: group vs random"),
+            for fams, lead in ((WHO_ASKS,
                                 f"Who asks, at {100 * top:g}% (a group against as many random requests)"),
                                (("forgetting: after vs before",), f"After forgetting {100 * top:g}%, against before")):
                 cs = [c for fam in fams for c in comparisons(t, fam) if c.phase.endswith(f" {top:g}") and
