@@ -89,6 +89,16 @@ def analyse(settings, checkpoints_dir: Path, summaries_dir: Path, progress: dict
 SECONDARY = ("accuracy_overall", "group_min_accuracy", "gap_accuracy", "gap_accuracy_within_one", "accuracy_standardised")
 
 
+def add_family(fams: dict, name: str, pairs: list, values: dict, broken: dict, secondary: tuple,
+               reference: str) -> None:
+    """The primary gap decided as one family and the secondary statistics as another, so a secondary
+    statistic never widens the primary's Bonferroni level (nothing without pairs)."""
+    from .study import numbers as N
+    if pairs:
+        fams[name] = N.compare(name, pairs, values, broken, (N.PRIMARY,), reference)
+        fams[f"{name}, secondary"] = N.compare(f"{name}, secondary", pairs, values, broken, secondary, reference)
+
+
 def analyse_replicates(test: str, sets: dict[str, RunSet], s) -> dict:
     """One test kind of a study of replicates: levels, the comparison families, the A/A calibration,
     the control's dose response, what the placements change, costs; every number paired within a
@@ -108,9 +118,7 @@ def analyse_replicates(test: str, sets: dict[str, RunSet], s) -> dict:
     fams: dict[str, list] = {}
 
     def family(name: str, pairs: list, secondary: tuple = SECONDARY) -> None:
-        if pairs:
-            fams[name] = N.compare(name, pairs, values, broken, (N.PRIMARY,), ref)
-            fams[f"{name}, secondary"] = N.compare(f"{name}, secondary", pairs, values, broken, secondary, ref)
+        add_family(fams, name, pairs, values, broken, secondary, ref)
     if "uniform" in sets:
         family("placement vs uniform", [(t, "before", "uniform", "before") for t in PLACEMENTS + ("segregated",)
                                         if t in sets])
@@ -176,11 +184,7 @@ def forgetting(test: str, sets: dict[str, RunSet], s, faces, values: dict, broke
             if c["serve_seconds"] else None
 
     def family(name: str, pairs: list, secondary: tuple = ("accuracy_overall",)) -> None:
-        """The primary gap decided as one family, the secondary statistics as another (as in
-        analyse_replicates): a secondary statistic never widens the primary's Bonferroni level."""
-        if pairs:
-            fams[name] = N.compare(name, pairs, values, broken, (N.PRIMARY,), s.reference)
-            fams[f"{name}, secondary"] = N.compare(f"{name}, secondary", pairs, values, broken, secondary, s.reference)
+        add_family(fams, name, pairs, values, broken, secondary, s.reference)
     phases = [f"{sc} {v:g}" for sc in s.scenarios for v in vols]
     family("forgetting: after vs before", [(t, ph, t, "before") for t in tags for ph in phases])
     groups = [sc for sc in s.scenarios if sc.startswith("group:")]
