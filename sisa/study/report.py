@@ -15,7 +15,7 @@ import pandas as pd
 
 from .. import plots
 from .. import report as v1
-from ..analysis import POOLED, analyse
+from ..analysis import POOLED, POOLED_SMALLER, POOLED_TOP, analyse
 from ..data import RACES
 from ..errors import SisaError
 from ..intervals import Comparison, replicates_for
@@ -156,7 +156,7 @@ def answer(t: dict, s: dict, h: str) -> list[str]:
     return out + [""]
 
 
-WHO_ASKS = ("forgetting: group vs random, all configurations", "forgetting: group vs random")  # the mean first
+WHO_ASKS = (POOLED_TOP, "forgetting: group vs random")  # the mean first
 SMALL = 0.02        # a group's own accuracy change this study could have seen counts as "did not fall" (who_asks_words)
 TARGET = 0.01       # the placement effect a study should detect (issue 23): 1 point of the age-standardised gap
 
@@ -218,9 +218,9 @@ def forgetting(t: dict, h: str) -> list[str]:
                              one("forgetting: after vs before", tag, ph),
                              one("forgetting: group vs random", tag, ph) if sc.startswith("group:") else "",
                              one("forgetting: SISA vs retrained monolith", tag, ph) if tag != "baseline" else ""])
-    if comparisons(t, "forgetting: group vs random, all configurations"):
+    if comparisons(t, POOLED_TOP):
         rows += [[title(POOLED), sc, f"{100 * v:g}%", lv(level(t, POOLED, PRIMARY, phase=f"{sc} {v:g}")), "–",
-                  one("forgetting: group vs random, all configurations", POOLED, f"{sc} {v:g}")
+                  one(POOLED_TOP if v == max(f["volumes"]) else POOLED_SMALLER, POOLED, f"{sc} {v:g}")
                   if sc.startswith("group:") else "", ""] for sc in f["scenarios"] if sc == "random" or
                  sc.startswith("group:") for v in f["volumes"]]
     cost_rows = [[title(c["config"]), c["scenario"], f"{100 * c['volume']:g}%", f"{c['faces_served'] or 0:,.0f}",
@@ -645,7 +645,7 @@ def who_asks_words(t: dict) -> list[str]:
                     f"{title(c.run)} ({pts(c.change)}, detectable ±{100 * c.detectable:.1f})" for c in still))
         sentence = f"{lead} {words}."
         if still:
-            own = {c.run: c for fam in ("forgetting: group vs random, all configurations, secondary",
+            own = {c.run: c for fam in (f"{POOLED_TOP}, secondary",
                                         "forgetting: group vs random, secondary")
                    for c in comparisons(t, fam)
                    if c.phase == ph and c.statistic == "accuracy_standardised" and c.outcome != "none"}
