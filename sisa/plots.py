@@ -134,27 +134,49 @@ def contrast_chart(families: dict[str, list[dict]], path: Path) -> Path:
     return _save(fig, path)
 
 
+def axis_reach(changes: list[float]) -> float:
+    """Half the height of an axis of changes (points): room for the largest change four times over, at
+    least 2 points. Intervals are not consulted: with few replicates at a strict level the typical one
+    spans hundreds of points, and sizing the axis for it flattens every change to zero."""
+    return max(4 * float(np.nanmax(np.abs(np.asarray(changes, float)), initial=0.0)), 2.0)
+
+
 def forgetting_curves(rows: list[dict], reference: str, path: Path) -> Path:
     """Scenarios at a volume: the change of the gap from before (points, with its interval) against the
-    volume forgotten, one line per scenario, one panel per configuration. `rows`: config, scenario,
-    volume, change, ci_low, ci_high (fractions; None where there is no verdict)."""
+    volume forgotten, one line per scenario (side by side), one panel per configuration. `rows`: config,
+    scenario, volume, change, ci_low, ci_high (fractions; None where there is no verdict). An interval
+    far wider than the changes (few replicates at a strict level) is cut at the axis, its true ends
+    written beside it, so it never flattens every line to zero."""
     configs = list(dict.fromkeys(r["config"] for r in rows))
     fig, axes = plt.subplots(1, len(configs), figsize=(3.6 * len(configs) + 0.6, 3.6), sharey=True, squeeze=False)
     colours = dict(zip(dict.fromkeys(r["scenario"] for r in rows), plt.cm.tab10.colors))
+    pct = lambda x: np.nan if x is None else 100 * x            # noqa: E731
+    reach = axis_reach([pct(r["change"]) for r in rows])
+    volumes = sorted({100 * r["volume"] for r in rows})
+    step = 0.12 * min(np.diff(volumes), default=volumes[0] if volumes else 1.0)
+    cut = False
     for ax, config in zip(axes[0], configs):
-        for sc, colour in colours.items():
+        for k, (sc, colour) in enumerate(colours.items()):
             pts_ = sorted((r for r in rows if r["config"] == config and r["scenario"] == sc), key=lambda r: r["volume"])
-            x = [100 * r["volume"] for r in pts_]
-            y = np.array([np.nan if r["change"] is None else 100 * r["change"] for r in pts_])
-            lo = np.array([np.nan if r["ci_low"] is None else 100 * r["ci_low"] for r in pts_])
-            hi = np.array([np.nan if r["ci_high"] is None else 100 * r["ci_high"] for r in pts_])
-            ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="o-", capsize=3, color=colour, label=sc)
+            x = np.array([100 * r["volume"] for r in pts_]) + (k - (len(colours) - 1) / 2) * step
+            y = np.array([pct(r["change"]) for r in pts_], float)
+            lo = np.array([pct(r["ci_low"]) for r in pts_], float)
+            hi = np.array([pct(r["ci_high"]) for r in pts_], float)
+            ax.errorbar(x, y, yerr=[y - np.maximum(lo, -reach), np.minimum(hi, reach) - y], fmt="o-", capsize=3,
+                        color=colour, label=sc)
+            for xi, l, h in zip(x, lo, hi):
+                if l < -reach or h > reach:
+                    cut = True
+                    ax.annotate(f"[{l:+.0f}, {h:+.0f}]", (xi, reach if h > reach else -reach), fontsize=6,
+                                color=colour, rotation=90, ha="center", va="top" if h > reach else "bottom")
         ax.axhline(0, color="black", lw=0.8)
+        ax.set_ylim(-reach * 1.05, reach * 1.05)
         ax.set_title(config, fontsize=10)
         ax.set_xlabel("volume forgotten, % of training faces")
     axes[0][0].set_ylabel(f"change of the gap (others - {reference}), points")
     axes[0][-1].legend(fontsize=7, loc="best")
-    fig.suptitle("Forgetting at volume: the gap after minus before, by who asks", fontsize=10)
+    fig.suptitle("Forgetting at volume: the gap after minus before, by who asks"
+                 + (" (intervals cut at the axis: their ends written)" if cut else ""), fontsize=10)
     return _save(fig, path)
 
 
