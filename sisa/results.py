@@ -19,7 +19,8 @@ from .stats import Contrast
 
 # The committed sets, in the order RESULTS.md shows them.
 RESULTS_SOURCES = {
-    "reports": ["reports/published/cpu-replicated", "reports/published/cpu-approx", "reports/published/cpu"],
+    "reports": ["reports/published/cpu-replicated", "reports/published/cpu-forget", "reports/published/cpu-approx",
+                "reports/published/cpu"],
     # the previous CPU set (original recipe) and its rerun with the strong recipe, per test kind
     "recipe_reruns": [("benchmarks/results/cpu-study-all-2026-11-27/study-kfold.json", "reports/published/cpu-e6-full"),
                       ("benchmarks/results/cpu-study-all-2026-11-27/study-balanced.json",
