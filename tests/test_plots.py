@@ -28,8 +28,8 @@ def test_a_run_without_a_summary_is_shown_as_missing_not_as_a_fair_run(monkeypat
 
 def test_an_interval_far_wider_than_the_changes_is_cut_at_the_axis_with_its_ends_written(monkeypatch, tmp_path):
     """Few replicates at a strict level give some intervals of hundreds of points; drawn whole they
-    flatten every line to zero. The axis holds the changes; a wider interval is cut
-    there and its true ends are written beside it. Scenarios at one volume stand side by side."""
+    flatten every line to zero. The axis holds the changes; a wider interval is cut there and its true
+    ends are written beside it. Scenarios at one volume stand side by side."""
     rows = [{"config": "uniform", "scenario": sc, "volume": v, "change": ch, "ci_low": lo, "ci_high": hi}
             for sc, v, ch, lo, hi in (("random", 0.05, -0.005, -0.02, 0.01), ("random", 0.1, -0.004, -0.015, 0.007),
                                       ("group:black", 0.05, 0.01, -0.01, 0.03), ("group:black", 0.1, 0.02, -3.0, 3.04))]

@@ -205,8 +205,9 @@ def forgetting(t: dict, h: str) -> list[str]:
         return []
     ref = t["reference_race"]
 
-    def one(family: str, tag: str, phase: str, reference_phase: str | None = None) -> str:
-        c = next((c for c in comparisons(t, family) if c.run == tag and c.phase == phase and c.statistic == PRIMARY
+    def one(families: str | tuple[str, ...], tag: str, phase: str, reference_phase: str | None = None) -> str:
+        c = next((c for fam in ((families,) if isinstance(families, str) else families) for c in comparisons(t, fam)
+                  if c.run == tag and c.phase == phase and c.statistic == PRIMARY
                   and (reference_phase is None or c.reference_phase == reference_phase)), None)
         return said(c) if c else "–"
     rows = []
@@ -220,7 +221,7 @@ def forgetting(t: dict, h: str) -> list[str]:
                              one("forgetting: SISA vs retrained monolith", tag, ph) if tag != "baseline" else ""])
     if comparisons(t, POOLED_TOP):
         rows += [[title(POOLED), sc, f"{100 * v:g}%", lv(level(t, POOLED, PRIMARY, phase=f"{sc} {v:g}")), "–",
-                  one(POOLED_TOP if v == max(f["volumes"]) else POOLED_SMALLER, POOLED, f"{sc} {v:g}")
+                  one((POOLED_TOP, POOLED_SMALLER), POOLED, f"{sc} {v:g}")
                   if sc.startswith("group:") else "", ""] for sc in f["scenarios"] if sc == "random" or
                  sc.startswith("group:") for v in f["volumes"]]
     cost_rows = [[title(c["config"]), c["scenario"], f"{100 * c['volume']:g}%", f"{c['faces_served'] or 0:,.0f}",
